@@ -1,0 +1,27 @@
+"""graphprune: structured channel pruning for PyTorch, proven equivalent.
+
+Four stages, each usable on its own:
+
+1. :func:`graphprune.trace.trace`: ``torch.fx`` tracing and shape propagation;
+2. :func:`analyze`: the dependency graph of coupled channels (rules in a :class:`Registry`);
+3. :func:`plan`: which channels to remove, as a serialisable :class:`Plan`;
+4. :func:`apply`: the physically smaller model.
+
+:func:`shrink` runs them all; :func:`verify` proves the result.
+"""
+
+from .api import analyze, apply, plan, shrink
+from .equivalence import mask, verify
+from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceError, UnsupportedOpError
+from .planning import Plan
+from .registry import Registry, default_registry
+from .stats import count_macs, count_params, measure_latency
+
+__all__ = [
+    "shrink", "plan", "apply", "verify", "analyze", "mask",
+    "Plan", "Registry", "default_registry",
+    "count_params", "count_macs", "measure_latency",
+    "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
+]
+
+__version__ = "0.1.0"

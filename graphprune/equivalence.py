@@ -1,0 +1,103 @@
+"""Proof of a rewrite: the shrunk model computes what the original does on the kept channels.
+
+:func:`mask` zeroes, in a copy of the original, every slice that touches a
+removed channel: the producing filters and biases, the per-channel norm
+parameters, and the consumers' input slices. Zeroing the consumers too matters
+for activations with f(0) != 0 (sigmoid, hardsigmoid): a channel whose producer
+is zeroed would still feed f(0) into the next layer, which the shrunk model
+(rightly) no longer does. The masked model is then the original network
+restricted to the kept channels, and :func:`verify` measures how far the
+shrunk model is from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .couple import Role
+from .planning import Plan
+from .rewrite import check_plan_fits
+
+__all__ = ["mask", "verify", "relative_difference", "eval_mode"]
+
+
+def mask(model: nn.Module, plan: Plan) -> nn.Module:
+    """A copy of ``model`` with every removed channel zeroed (same shapes, same class)."""
+    check_plan_fits(model, plan)
+    masked = copy.deepcopy(model)
+    named = dict(masked.named_parameters(remove_duplicate=False))
+    named.update(masked.named_buffers(remove_duplicate=False))
+    with torch.no_grad():
+        for edit in plan.tensors.values():
+            tensor = named[edit.name]
+            for dim, keep in edit.keep.items():
+                if edit.roles[dim] not in Role.MASKED:
+                    continue
+                removed = torch.ones(tensor.shape[dim], dtype=torch.bool, device=tensor.device)
+                removed[torch.as_tensor(keep, device=tensor.device)] = False
+                index = [slice(None)] * tensor.ndim
+                index[dim] = removed
+                tensor[tuple(index)] = 0
+    return masked
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Evaluate in eval mode, then restore each submodule's own training flag."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    torch.fx.node.map_aggregate(value, lambda v: out.append(v) if isinstance(v, torch.Tensor) else None)
+    return out
+
+
+def relative_difference(expected: Any, actual: Any) -> float:
+    """max |expected - actual| / max |expected|, over every output tensor."""
+    exp, act = _tensors(expected), _tensors(actual)
+    if len(exp) != len(act):
+        raise ValueError(f"{len(exp)} output tensors expected, got {len(act)}")
+    worst = 0.0
+    for e, a in zip(exp, act):
+        if e.shape != a.shape:
+            return float("inf")
+        e, a = e.double(), a.double()
+        scale = e.abs().max().item() if e.numel() else 0.0
+        diff = (e - a).abs().max().item() if e.numel() else 0.0
+        worst = max(worst, diff / max(scale, 1e-12))
+    return worst
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def verify(model: nn.Module, plan: Plan, shrunk: nn.Module, inputs: Any = None) -> float:
+    """Maximum relative output difference between the masked original and the shrunk model (eval mode).
+
+    ``inputs`` defaults to random tensors of the plan's example-input shapes.
+    """
+    if inputs is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        inputs = tuple(torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in plan.inputs)
+    masked = mask(model, plan)
+    with torch.no_grad(), eval_mode(masked, shrunk):
+        return relative_difference(_call(masked, inputs), _call(shrunk, inputs))

@@ -1,0 +1,75 @@
+"""Exceptions raised by graphprune.
+
+Every error that concerns one operation of the user's model names the FX node
+(``node.format_node()``) and, when tracing recorded it, the user's source line,
+and ends with a hint on how to proceed.
+"""
+
+from __future__ import annotations
+
+import torch.fx
+
+__all__ = [
+    "GraphPruneError",
+    "InputError",
+    "TraceError",
+    "UnsupportedOpError",
+    "PlanError",
+    "RewriteError",
+    "describe_node",
+]
+
+
+def _user_line(stack_trace: str | None) -> str | None:
+    """The last frame of an FX stack trace: the line of user code that made the node."""
+    if not stack_trace:
+        return None
+    lines = [line for line in stack_trace.strip().splitlines() if line.strip()]
+    # FX records frames as 'File "...", line N, in f' followed by the source line.
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].lstrip().startswith("File "):
+            return "\n".join(s.strip() for s in lines[i:i + 2])
+    return lines[-1].strip()
+
+
+def describe_node(node: torch.fx.Node) -> str:
+    """A human-readable description of an FX node and where it came from."""
+    text = f"FX node: {node.format_node()}"
+    source = _user_line(node.stack_trace)
+    if source:
+        text += f"\nsource: {source}"
+    return text
+
+
+class GraphPruneError(Exception):
+    """Base class of every error graphprune raises on purpose."""
+
+    def __init__(self, message: str, *, node: torch.fx.Node | None = None, hint: str | None = None):
+        self.node = node
+        self.hint = hint
+        parts = [message]
+        if node is not None:
+            parts.append(describe_node(node))
+        if hint:
+            parts.append(f"hint: {hint}")
+        super().__init__("\n".join(parts))
+
+
+class InputError(GraphPruneError, ValueError):
+    """An argument to a public function is invalid, or the example inputs do not fit the model."""
+
+
+class TraceError(GraphPruneError):
+    """``torch.fx`` could not trace the model."""
+
+
+class UnsupportedOpError(GraphPruneError):
+    """An op carries prunable channels but graphprune has no rule for it, or cannot use it safely."""
+
+
+class PlanError(GraphPruneError, ValueError):
+    """A plan does not fit the model it is applied to, or no valid plan exists."""
+
+
+class RewriteError(GraphPruneError):
+    """The rewritten model failed its postcondition (a bug in a rule: please report it)."""

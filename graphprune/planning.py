@@ -1,0 +1,263 @@
+"""Stage 3: the plan, a typed and serialisable record of what to remove, and how it is chosen.
+
+A :class:`Plan` is everything :func:`graphprune.apply` needs to rebuild the
+shrunk model from a fresh copy of the original: the kept indices of every
+sliced tensor, and the graph constants to rewrite. It also lists the groups, so
+a person can review what was decided and why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .couple import ChannelGroup, Coupling, Role
+from .errors import InputError, PlanError
+from .importance import Importance
+
+__all__ = ["Member", "GroupPlan", "TensorEdit", "GraphEdit", "InputSpec", "Plan", "make_plan", "check_ratio"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Member:
+    """One tensor dim touched by a group."""
+
+    tensor: str
+    dim: int
+    role: str
+    node: str
+
+
+@dataclass
+class GroupPlan:
+    """A group of coupled channels: how many there are, which are fixed, which are removed."""
+
+    id: int
+    channels: int
+    sources: list[str]
+    members: list[Member]
+    pinned: list[int]
+    removed: list[int]
+    scores: list[float] | None = None
+
+    @property
+    def kept(self) -> list[int]:
+        removed = set(self.removed)
+        return [c for c in range(self.channels) if c not in removed]
+
+
+@dataclass
+class TensorEdit:
+    """A parameter or buffer to slice: its original shape, and the indices kept along each pruned dim."""
+
+    name: str
+    shape: list[int]
+    keep: dict[int, list[int]]
+    roles: dict[int, str]
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GraphEdit:
+    """An integer argument of an FX node (a ``view`` size) to rewrite; ``path`` indexes into args/kwargs."""
+
+    node: str
+    path: list[Any]
+    old: int
+    new: int
+
+
+@dataclass
+class InputSpec:
+    """Shape and dtype of one example input, so a plan can check its rewrite without the original inputs."""
+
+    shape: list[int]
+    dtype: str
+
+
+@dataclass
+class Plan:
+    """A reviewable, replayable pruning plan. Round-trips through JSON."""
+
+    model: str
+    ratio: float
+    importance: str
+    groups: list[GroupPlan]
+    tensors: dict[str, TensorEdit]
+    graph_edits: list[GraphEdit]
+    inputs: list[InputSpec | None]
+    output_shapes: list[list[int]]
+    leaf_modules: list[str] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    # -- summaries ----------------------------------------------------------------
+    @property
+    def removed_channels(self) -> int:
+        return sum(len(g.removed) for g in self.groups)
+
+    def summary(self) -> str:
+        """One line per group that loses channels."""
+        lines = [f"{self.model}: {len(self.groups)} groups, {self.removed_channels} channels removed"]
+        for g in self.groups:
+            if g.removed:
+                lines.append(f"  group {g.id}: {g.channels} -> {g.channels - len(g.removed)} ({', '.join(g.sources[:3])}{', ...' if len(g.sources) > 3 else ''})")
+        return "\n".join(lines)
+
+    # -- serialisation ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        if data.get("format_version") != FORMAT_VERSION:
+            raise PlanError(f"plan format {data.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+        data = dict(data)
+        data["groups"] = [GroupPlan(**{**g, "members": [Member(**m) for m in g["members"]]}) for g in data["groups"]]
+        data["tensors"] = {
+            name: TensorEdit(**{**t, "keep": {int(k): v for k, v in t["keep"].items()}, "roles": {int(k): v for k, v in t["roles"].items()}})
+            for name, t in data["tensors"].items()
+        }
+        data["graph_edits"] = [GraphEdit(**e) for e in data["graph_edits"]]
+        data["inputs"] = [InputSpec(**i) if i is not None else None for i in data["inputs"]]
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        return cls.from_json(Path(path).read_text())
+
+
+def check_ratio(ratio: Any) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 <= ratio < 1) or math.isnan(ratio):
+        raise InputError(f"ratio must be a number in [0, 1), got {ratio!r}", hint="ratio is the fraction of each group's channels to remove")
+    return float(ratio)
+
+
+def _remove_count(group: ChannelGroup, ratio: float) -> int:
+    if not group.prunable:
+        return 0
+    wanted = math.floor(ratio * group.size + 0.5)
+    return max(0, min(wanted, group.num_prunable, group.size - 1))
+
+
+def _choose(group: ChannelGroup, scores: np.ndarray, count: int) -> list[int]:
+    candidates = np.nonzero(~group.pinned)[0]
+    # Stable: ties go to the lower index, so a plan is deterministic.
+    ranked = candidates[np.argsort(scores[candidates], kind="stable")]
+    return sorted(int(c) for c in ranked[:count])
+
+
+def _input_spec(value: Any) -> InputSpec | None:
+    if isinstance(value, torch.Tensor):
+        return InputSpec(list(value.shape), str(value.dtype).removeprefix("torch."))
+    return None
+
+
+def _output_shapes(coupling: Coupling) -> list[list[int]]:
+    out = next(n for n in coupling.gm.graph.nodes if n.op == "output")
+    shapes: list[list[int]] = []
+    torch.fx.node.map_aggregate(out.args[0], lambda n: shapes.append(list(n.meta["tensor_meta"].shape)) if isinstance(n, torch.fx.Node) and "tensor_meta" in n.meta and hasattr(n.meta["tensor_meta"], "shape") else None)
+    return shapes
+
+
+def make_plan(
+    coupling: Coupling,
+    ratio: float,
+    importance: Importance,
+    *,
+    importance_name: str,
+    model_name: str,
+    example_args: tuple[Any, ...],
+    leaf_modules: tuple[str, ...] = (),
+) -> Plan:
+    """Remove ``round(ratio * size)`` of the lowest-scoring free channels of every prunable group."""
+    ratio = check_ratio(ratio)
+    ctx = coupling.ctx
+    tensors = {name: ctx.tensor(name) for name, _ in ctx.uses}
+    n_channels = len(coupling.channel_of_atom) and int(coupling.channel_of_atom.max()) + 1
+    removed_global = np.zeros(n_channels, dtype=bool)
+    groups: list[GroupPlan] = []
+    for group in coupling.groups:
+        count = _remove_count(group, ratio)
+        scores = None
+        removed: list[int] = []
+        if count:
+            scores = np.asarray(importance(group, tensors), dtype=np.float64)
+            if scores.shape != (group.size,):
+                raise PlanError(f"the importance returned {scores.shape} scores for a group of {group.size} channels")
+            removed = _choose(group, scores, count)
+            removed_global[group.channel_ids[removed]] = True
+        groups.append(
+            GroupPlan(
+                id=group.id,
+                channels=group.size,
+                sources=group.sources,
+                members=[Member(m.use.tensor, m.use.dim, m.use.role, m.use.node) for m in group.members],
+                pinned=np.nonzero(group.pinned)[0].tolist(),
+                removed=removed,
+                scores=None if scores is None else [float(s) for s in scores],
+            )
+        )
+
+    kept_atom = ~removed_global[coupling.channel_of_atom] if n_channels else np.ones(0, dtype=bool)
+    edits: dict[str, TensorEdit] = {}
+    for use in ctx.uses.values():
+        keep = kept_atom[use.atoms]
+        if keep.all():
+            continue
+        if not keep.any():
+            raise PlanError(f"the plan would remove every entry of {use.tensor} along dim {use.dim}")
+        tensor = tensors[use.tensor]
+        edit = edits.setdefault(use.tensor, TensorEdit(use.tensor, list(tensor.shape), {}, {}, list(ctx.aliases(use.tensor))))
+        edit.keep[use.dim] = np.nonzero(keep)[0].tolist()
+        edit.roles[use.dim] = use.role
+
+    graph_edits = []
+    for shape_edit in ctx.shape_edits:
+        new = _kept_along(kept_atom[shape_edit.block.atoms], shape_edit.axis)
+        if new != shape_edit.block.atoms.shape[shape_edit.axis]:
+            graph_edits.append(GraphEdit(shape_edit.node, list(shape_edit.path), shape_edit.old, new))
+
+    return Plan(
+        model=model_name,
+        ratio=ratio,
+        importance=importance_name,
+        groups=groups,
+        tensors=dict(sorted(edits.items())),
+        graph_edits=graph_edits,
+        inputs=[_input_spec(a) for a in example_args],
+        output_shapes=_output_shapes(coupling),
+        leaf_modules=list(leaf_modules),
+    )
+
+
+def _kept_along(kept: np.ndarray, axis: int) -> int:
+    """How many indices along ``axis`` survive; the kept set of a multi-dim block must be a grid."""
+    if kept.ndim == 1:
+        return int(kept.sum())
+    masks = [np.any(kept, axis=tuple(a for a in range(kept.ndim) if a != k)) for k in range(kept.ndim)]
+    grid = np.ones_like(kept)
+    for k, mask in enumerate(masks):
+        shape = [1] * kept.ndim
+        shape[k] = -1
+        grid = grid & mask.reshape(shape)
+    if not np.array_equal(grid, kept):
+        raise PlanError("the kept channels of a multi-dimensional block (heads x head_dim, groups) do not form a grid")
+    return int(masks[axis].sum())

@@ -1,0 +1,136 @@
+"""Rules for element-wise ops, pooling and dropout: channels pass through or are joined.
+
+Only ops listed here are element-wise to graphprune; an op missing from the lists
+is refused, never assumed element-wise.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..channels import Block, ChannelMap, LayoutError
+from ..registry import Registry
+from ._common import input_arg, pass_through
+
+__all__ = ["RULES", "broadcast_join"]
+
+RULES = Registry()
+
+_UNARY_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
+    nn.Tanhshrink, nn.LogSigmoid, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)
+_UNARY_FUNCTIONS = (
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
+    F.silu, F.mish, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.hardswish, F.hardsigmoid,
+    F.hardtanh, F.softplus, F.logsigmoid, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+    F.alpha_dropout, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.square, torch.clamp,
+)
+_UNARY_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "square",
+    "clamp", "clamp_", "clamp_min", "clamp_max", "contiguous", "clone", "detach", "float", "half",
+    "bfloat16", "double", "to", "type_as",
+)
+
+
+@RULES.module(*_UNARY_MODULES)
+@RULES.function(*_UNARY_FUNCTIONS)
+@RULES.method(*_UNARY_METHODS)
+def unary(ctx, node):
+    """Acts on each element on its own: channels pass through."""
+    return pass_through(ctx, node)
+
+
+def _pooling(spatial: int):
+    def rule(ctx, node):
+        x = input_arg(node)
+        shape = ctx.shape(x)
+        cmap = ctx.channels(x)
+        if cmap is not None and shape is not None:
+            pooled = set(range(len(shape) - spatial, len(shape)))
+            if pooled & cmap.normalized(len(shape)).dims:
+                raise LayoutError(f"pooling over the last {spatial} dims would mix channels")
+        return pass_through(ctx, node)
+
+    rule.__doc__ = f"Pools over the last {spatial} dims; channels elsewhere pass through."
+    rule.__name__ = f"pool{spatial}d"
+    return rule
+
+
+for _spatial, _modules, _functions in (
+    (1, (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d),
+     (F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d)),
+    (2, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d),
+     (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d)),
+    (3, (nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d),
+     (F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d)),
+):
+    _rule = _pooling(_spatial)
+    RULES.module(*_modules)(_rule)
+    RULES.function(*_functions)(_rule)
+
+
+def broadcast_join(ctx, node, operands) -> ChannelMap | None:
+    """Element-wise ops over broadcast operands: tracked dims that meet are joined index by index.
+
+    A tracked dim that meets an untracked dim of the same size (another input, a
+    constant) is pinned, since the other side cannot shrink with it. Meeting a
+    size-1 dim is broadcasting (``x * scale[:, :, None, None]``) and couples nothing else.
+    """
+    out_shape = ctx.shape(node)
+    if out_shape is None:
+        return None
+    nd = len(out_shape)
+    placed = []  # (padded shape, blocks in output dims)
+    for a in operands:
+        shape = ctx.shape(a)
+        if shape is None:
+            continue  # a Python scalar
+        cmap = (ctx.channels(a) or ChannelMap()).normalized(len(shape))
+        offset = nd - len(shape)
+        padded = (1,) * offset + tuple(shape)
+        blocks = [Block(tuple(d + offset for d in b.dims), b.atoms) for b in cmap.blocks]
+        placed.append((padded, blocks))
+    result: dict[frozenset, Block] = {}
+    for padded, blocks in placed:
+        for block in blocks:
+            key = frozenset(block.dims)
+            if key in result:
+                other = result[key]
+                atoms = np.transpose(block.atoms, [block.dims.index(d) for d in other.dims])
+                if atoms.shape != other.atoms.shape:
+                    ctx.pin(atoms, "broadcast of a single channel")
+                    ctx.pin(other.atoms, "broadcast of a single channel")
+                else:
+                    ctx.join(other.atoms, atoms)
+                continue
+            if any(key & set(k) for k in result):
+                raise LayoutError("element-wise op over operands with differently shaped channel blocks")
+            result[key] = block
+    for padded, blocks in placed:
+        tracked = {d for b in blocks for d in b.dims}
+        for block in result.values():
+            for d in block.dims:
+                if d not in tracked and padded[d] == out_shape[d] and out_shape[d] > 1:
+                    ctx.pin(block.atoms, "element-wise op with an operand whose channels are fixed")
+                    break
+    return ChannelMap(tuple(result.values()))
+
+
+@RULES.function(
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
+    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
+    torch.minimum,
+)
+@RULES.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum")
+def binary(ctx, node):
+    """Element-wise arithmetic: every operand's channels are joined (a residual add, an SE multiply)."""
+    operands = [node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
+    return broadcast_join(ctx, node, operands)

@@ -1,0 +1,219 @@
+"""Rules for ops that move or reshape dims: flatten, view, permute, indexing, concatenation, shape queries."""
+
+from __future__ import annotations
+
+import builtins
+import operator
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+
+from ..channels import Block, ChannelMap, LayoutError, reshape_channels
+from ..registry import Registry
+from ._common import arg, input_arg, pass_through
+
+__all__ = ["RULES"]
+
+RULES = Registry()
+
+
+@RULES.module(nn.Flatten, nn.Unflatten)
+@RULES.function(torch.flatten)
+@RULES.method("flatten", "unflatten")
+def flatten(ctx, node):
+    """Merges dims: a channel becomes a run of consecutive features (C×H×W into a Linear)."""
+    x = input_arg(node)
+    cmap = ctx.channels(x)
+    if not cmap:
+        return ChannelMap()
+    out, _, pinned = reshape_channels(cmap, ctx.shape(x), ctx.shape(node))
+    ctx.pin(pinned, "channel folded into an untracked dim")
+    return out
+
+
+def _size_args(node: torch.fx.Node) -> tuple[list, tuple]:
+    """The target sizes of a view/reshape, and the argument path where they start."""
+    if node.op == "call_method":
+        rest = node.args[1:]
+        if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+            return list(rest[0]), (1,)
+        if not rest and "shape" in node.kwargs:
+            return list(node.kwargs["shape"]), ("shape",)
+        return list(rest), ()
+    shape = arg(node, 1, "shape")
+    return list(shape), ((1,) if len(node.args) > 1 else ("shape",))
+
+
+@RULES.function(torch.reshape)
+@RULES.method("view", "reshape")
+def reshape(ctx, node):
+    """A view/reshape: channels follow the elements; integer sizes of channel dims are rewritten."""
+    x = input_arg(node)
+    cmap = ctx.channels(x)
+    if not cmap:
+        return ChannelMap()
+    out, changed, pinned = reshape_channels(cmap, ctx.shape(x), ctx.shape(node))
+    ctx.pin(pinned, "channel folded into an untracked dim")
+    sizes, prefix = _size_args(node)
+    for d in changed:
+        value = sizes[d]
+        if isinstance(value, int) and value != -1:
+            block = out.block_at(d)
+            path = prefix + (d,) if prefix != () else (1 + d,)
+            ctx.edit_shape(path, value, block, block.dims.index(d))
+    return out
+
+
+def _permutation(ndim: int, order) -> list[int]:
+    order = [int(d) % ndim for d in order]
+    old_to_new = [0] * ndim
+    for new, old in enumerate(order):
+        old_to_new[old] = new
+    return old_to_new
+
+
+@RULES.function(torch.permute)
+@RULES.method("permute")
+def permute(ctx, node):
+    """Reorders dims: channels move with their dim."""
+    x = input_arg(node)
+    cmap = ctx.channels(x) or ChannelMap()
+    ndim = len(ctx.shape(x))
+    rest = node.args[1:] if node.op == "call_method" else node.args[1:2]
+    order = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+    if not order:
+        order = node.kwargs.get("dims")
+    return cmap.normalized(ndim).remap(_permutation(ndim, order))
+
+
+@RULES.function(torch.transpose, torch.swapaxes)
+@RULES.method("transpose", "swapaxes")
+def transpose(ctx, node):
+    """Swaps two dims: channels move with their dim."""
+    x = input_arg(node)
+    cmap = ctx.channels(x) or ChannelMap()
+    ndim = len(ctx.shape(x))
+    a, b = int(arg(node, 1, "dim0")) % ndim, int(arg(node, 2, "dim1")) % ndim
+    order = list(range(ndim))
+    order[a], order[b] = order[b], order[a]
+    return cmap.normalized(ndim).remap(_permutation(ndim, order))
+
+
+@RULES.method("size", "dim", "numel")
+@RULES.function(builtins.len, torch.numel)
+def shape_query(ctx, node):
+    """Reads sizes: the result is an int computed at run time, so it stays right after pruning."""
+    return None
+
+
+_METADATA = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"})
+
+
+@RULES.function(builtins.getattr)
+def tensor_attribute(ctx, node):
+    """``x.shape`` and other metadata: not a tensor, nothing to prune."""
+    if ctx.shape(node) is None and node.args[1] in _METADATA:
+        return None
+    raise LayoutError(f"tensor attribute .{node.args[1]} is not supported")
+
+
+def _expand_index(index, ndim: int) -> list:
+    index = list(index) if isinstance(index, tuple) else [index]
+    if any(i is Ellipsis for i in index):
+        at = index.index(Ellipsis)
+        used = sum(1 for i in index if i is not None and i is not Ellipsis)
+        index = index[:at] + [slice(None)] * (ndim - used) + index[at + 1:]
+    used = sum(1 for i in index if i is not None)
+    return index + [slice(None)] * (ndim - used)
+
+
+@RULES.function(operator.getitem)
+def getitem(ctx, node):
+    """Picks an element of a tuple, or indexes a tensor with ints, full slices and None.
+
+    Slicing a channel dim (``x[:, :64]``) or indexing it with a tensor is refused:
+    the kept channels would no longer line up with the constants.
+    """
+    x, index = node.args
+    value = ctx.channels(x)
+    if isinstance(value, (list, tuple)):
+        return value[index]
+    if isinstance(value, dict):
+        return value[index]
+    in_shape = ctx.shape(x)
+    if in_shape is None:
+        return None
+    cmap = (value or ChannelMap()).normalized(len(in_shape))
+    if not cmap:
+        return ChannelMap()
+    old_to_new: dict[int, int] = {}
+    d_in = d_out = 0
+    for item in _expand_index(index, len(in_shape)):
+        if item is None:
+            d_out += 1
+        elif isinstance(item, int):
+            if d_in in cmap.dims:
+                raise LayoutError(f"indexing channel dim {d_in} with an int")
+            d_in += 1
+        elif isinstance(item, slice):
+            if d_in in cmap.dims and item != slice(None):
+                raise LayoutError(f"slicing channel dim {d_in} with {item}")
+            old_to_new[d_in] = d_out
+            d_in += 1
+            d_out += 1
+        else:
+            raise LayoutError(f"advanced indexing with {type(item).__name__} of a tensor that carries channels")
+    return ChannelMap(tuple(Block(tuple(old_to_new[d] for d in b.dims), b.atoms) for b in cmap.blocks))
+
+
+@RULES.function(torch.cat, torch.concat, torch.concatenate)
+def cat(ctx, node):
+    """Concatenation: the output's channel dim lists each input's channels in turn.
+
+    The other dims must agree, so their channels are joined. An input whose
+    concatenated dim is untracked gets fixed (pinned) channels of its own.
+    """
+    tensors = list(arg(node, 0, "tensors"))
+    ndim = len(ctx.shape(node))
+    dim = int(arg(node, 1, "dim", 0)) % ndim
+    maps = [(ctx.channels(t) or ChannelMap()).normalized(ndim) for t in tensors]
+    if not any(maps):
+        return ChannelMap()
+    pieces = []
+    for t, cmap in zip(tensors, maps):
+        atoms = cmap.at(dim)
+        if atoms is None:
+            atoms = ctx.new_channels(ctx.shape(t)[dim])
+            ctx.pin(atoms, "concatenated input without prunable channels")
+        pieces.append(atoms)
+    others = [m.without(dim) for m in maps]
+    joined = _join_same_dims(ctx, others, [ctx.shape(t) for t in tensors])
+    return joined.with_block(Block((dim,), np.concatenate(pieces)))
+
+
+def _join_same_dims(ctx, maps: list[ChannelMap], shapes) -> ChannelMap:
+    """Inputs of the same shape that meet dim by dim (outside the concatenated dim)."""
+    result: dict[tuple, Block] = {}
+    for cmap in maps:
+        for block in cmap.blocks:
+            if block.dims in result:
+                ctx.join(result[block.dims].atoms, block.atoms)
+            elif any(set(block.dims) & set(k) for k in result):
+                raise LayoutError("concatenated inputs carry differently shaped channel blocks")
+            else:
+                result[block.dims] = block
+    for cmap in maps:
+        for dims, block in result.items():
+            if cmap.block_at(dims[0]) is None:
+                ctx.pin(block.atoms, "concatenated with an input whose channels are fixed")
+    return ChannelMap(tuple(result.values()))
+
+
+@RULES.method("expand_as", "view_as", "reshape_as")
+def like(ctx, node):
+    """``x.view_as(y)`` and friends: x takes y's shape; only a pure broadcast passes channels."""
+    if node.target == "expand_as":
+        return pass_through(ctx, node)
+    raise LayoutError(f"Tensor.{node.target} ties the layout to another tensor")

@@ -1,0 +1,43 @@
+"""Model size and speed, measured with the tools PyTorch ships: parameters, MACs, latency.
+
+>>> import torch
+>>> lin = torch.nn.Linear(8, 4)
+>>> count_params(lin), count_macs(lin, torch.randn(2, 8))
+(36, 64)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.utils.benchmark as benchmark
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .equivalence import _call, eval_mode
+
+__all__ = ["count_params", "count_macs", "measure_latency"]
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters, each shared tensor counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, inputs: Any) -> int:
+    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (FLOPs / 2)."""
+    with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
+        _call(model, inputs)
+    return counter.get_total_flops() // 2
+
+
+def measure_latency(model: nn.Module, inputs: Any, *, min_run_time: float = 1.0, num_threads: int = 1) -> float:
+    """Median seconds per forward pass in eval mode, from ``torch.utils.benchmark``."""
+    with torch.no_grad(), eval_mode(model):
+        timer = benchmark.Timer(
+            stmt="call(model, inputs)",
+            globals={"call": _call, "model": model, "inputs": inputs},
+            num_threads=num_threads,
+        )
+        return timer.blocked_autorange(min_run_time=min_run_time).median
