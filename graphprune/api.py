@@ -72,7 +72,7 @@ def plan(
     return make_plan(
         coupling, ratio, scorer,
         importance_name=name,
-        model_name=type(model).__qualname__,
+        model=model,
         example_args=coupling.example_args,
         leaf_modules=coupling.leaf_modules,
     )

@@ -343,8 +343,12 @@ def _run_rule(ctx: RuleContext, node: torch.fx.Node, registry: Registry, meta: A
     if rule is None:
         if not tracked:  # nothing prunable flows through it, so whatever it does is safe
             return _untracked_like(meta)
-        what = {"call_module": f"module {type(ctx.module(node)).__qualname__}", "call_function": f"function {getattr(node.target, '__name__', node.target)}",
-                "call_method": f"method Tensor.{node.target}"}[node.op]
+        if node.op == "call_module":
+            what = f"module {type(ctx.module(node)).__qualname__}"
+        elif node.op == "call_function":
+            what = f"function {getattr(node.target, '__name__', node.target)}"
+        else:
+            what = f"method Tensor.{node.target}"
         raise UnsupportedOpError(
             f"graphprune has no channel rule for {what}, and its inputs carry prunable channels",
             node=node,

@@ -21,15 +21,17 @@ __all__ = [
 
 
 def _user_line(stack_trace: str | None) -> str | None:
-    """The last frame of an FX stack trace: the line of user code that made the node."""
+    """The innermost frame of an FX stack trace outside torch itself: the user's line that made the node."""
     if not stack_trace:
         return None
     lines = [line for line in stack_trace.strip().splitlines() if line.strip()]
     # FX records frames as 'File "...", line N, in f' followed by the source line.
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].lstrip().startswith("File "):
-            return "\n".join(s.strip() for s in lines[i:i + 2])
-    return lines[-1].strip()
+    frames = [(i, line) for i, line in enumerate(lines) if line.lstrip().startswith("File ")]
+    user = [(i, line) for i, line in frames if "/torch/" not in line]
+    if not (user or frames):
+        return lines[-1].strip()
+    i, _ = (user or frames)[-1]
+    return "\n    ".join(s.strip() for s in lines[i:i + 2])
 
 
 def describe_node(node: torch.fx.Node) -> str:

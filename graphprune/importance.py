@@ -38,9 +38,9 @@ def _magnitude(group: ChannelGroup, tensors: Mapping[str, torch.Tensor], p: int)
         if member.use.role not in Role.WEIGHTS:
             continue
         tensor = tensors[member.use.tensor].detach()
-        rows = tensor.movedim(member.use.dim, 0).reshape(tensor.shape[member.use.dim], -1)
-        rows = rows[torch.as_tensor(member.positions, device=rows.device)].float()
-        per_position = rows.abs().pow(p).sum(1).double().cpu().numpy()
+        others = [d for d in range(tensor.ndim) if d != member.use.dim]
+        norms = torch.linalg.vector_norm(tensor.float(), ord=p, dim=others) if others else tensor.float().abs()
+        per_position = norms.double().cpu().numpy()[member.positions] ** p
         per_channel = np.bincount(member.channels, weights=per_position, minlength=group.size)
         if p == 2:
             per_channel = np.sqrt(per_channel)

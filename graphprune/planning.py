@@ -8,6 +8,7 @@ a person can review what was decided and why.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from .couple import ChannelGroup, Coupling, Role
 from .errors import InputError, PlanError
 from .importance import Importance
 
-__all__ = ["Member", "GroupPlan", "TensorEdit", "GraphEdit", "InputSpec", "Plan", "make_plan", "check_ratio"]
+__all__ = ["Member", "GroupPlan", "TensorEdit", "GraphEdit", "InputSpec", "Plan", "make_plan", "check_ratio", "model_signature"]
 
 FORMAT_VERSION = 1
 
@@ -96,6 +97,7 @@ class Plan:
     inputs: list[InputSpec | None]
     output_shapes: list[list[int]]
     leaf_modules: list[str] = field(default_factory=list)
+    model_signature: str = ""
     format_version: int = FORMAT_VERSION
 
     # -- summaries ----------------------------------------------------------------
@@ -144,6 +146,15 @@ class Plan:
         return cls.from_json(Path(path).read_text())
 
 
+def model_signature(model: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer name and shape: which architecture a plan belongs to."""
+    h = hashlib.sha256()
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    for name, tensor in sorted(named, key=lambda item: item[0]):
+        h.update(f"{name}:{tuple(tensor.shape)};".encode())
+    return h.hexdigest()[:16]
+
+
 def check_ratio(ratio: Any) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 <= ratio < 1) or math.isnan(ratio):
         raise InputError(f"ratio must be a number in [0, 1), got {ratio!r}", hint="ratio is the fraction of each group's channels to remove")
@@ -183,7 +194,7 @@ def make_plan(
     importance: Importance,
     *,
     importance_name: str,
-    model_name: str,
+    model: torch.nn.Module,
     example_args: tuple[Any, ...],
     leaf_modules: tuple[str, ...] = (),
 ) -> Plan:
@@ -236,7 +247,7 @@ def make_plan(
             graph_edits.append(GraphEdit(shape_edit.node, list(shape_edit.path), shape_edit.old, new))
 
     return Plan(
-        model=model_name,
+        model=type(model).__qualname__,
         ratio=ratio,
         importance=importance_name,
         groups=groups,
@@ -245,6 +256,7 @@ def make_plan(
         inputs=[_input_spec(a) for a in example_args],
         output_shapes=_output_shapes(coupling),
         leaf_modules=list(leaf_modules),
+        model_signature=model_signature(model),
     )
 
 

@@ -16,7 +16,7 @@ import torch.fx
 from torch import nn
 
 from .errors import InputError, PlanError, RewriteError
-from .planning import GraphEdit, Plan, TensorEdit
+from .planning import GraphEdit, Plan, TensorEdit, model_signature
 from .registry import Registry, default_registry
 from .trace import normalize_inputs, propagate_shapes, trace
 
@@ -35,6 +35,11 @@ def check_plan_fits(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
         raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(plan, Plan):
         raise InputError(f"expected a graphprune Plan, got {type(plan).__name__}")
+    if plan.model_signature and model_signature(model) != plan.model_signature:
+        raise PlanError(
+            f"this plan was made for a {plan.model} with other parameters than this {type(model).__qualname__}",
+            hint="a plan applies to a fresh copy of the model it was made from (same architecture, not yet shrunk)",
+        )
     named = _named_tensors(model)
     for edit in plan.tensors.values():
         tensor = named.get(edit.name)

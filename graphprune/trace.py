@@ -149,6 +149,9 @@ def propagate_shapes(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> Any:
     """Run ShapeProp with fake tensors; returns the (fake) outputs. Raises InputError naming the failing node."""
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     prop = _QuietShapeProp(gm, fake_mode)
+    # Shapes do not depend on the mode, but train-mode checks (BatchNorm on one value per channel) and
+    # dropout would; the fake copy is ours to change.
+    prop.fake_module.eval()
     try:
         # ShapeProp prints the traceback of a failing node itself; we raise a better error instead.
         with contextlib.redirect_stderr(io.StringIO()):
