@@ -92,7 +92,7 @@ def _resize_modules(root: nn.Module, plan: Plan, registry: Registry) -> None:
 
 def _get_path(container: Any, path: list[Any]) -> Any:
     for key in path:
-        container = container[key]
+        container = getattr(container, key) if isinstance(container, slice) else container[key]
     return container
 
 
@@ -108,6 +108,9 @@ def _apply_graph_edit(gm: torch.fx.GraphModule, edit: GraphEdit) -> None:
     def replaced(value: Any, keys: list[Any]) -> Any:
         if not keys:
             return edit.new
+        if isinstance(value, slice):  # a slice bound (x[:, a:b]): path ends in "start" or "stop"
+            bounds = {"start": value.start, "stop": value.stop, "step": value.step, keys[0]: edit.new}
+            return slice(bounds["start"], bounds["stop"], bounds["step"])
         items = list(value) if not isinstance(value, dict) else dict(value)
         items[keys[0]] = replaced(value[keys[0]], keys[1:])
         return type(value)(items) if not isinstance(value, dict) else items

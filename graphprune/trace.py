@@ -42,7 +42,20 @@ class _Tracer(torch.fx.Tracer):
         self._extra_leaves = frozenset(leaf_modules)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self._extra_leaves or super().is_leaf_module(m, qualname)
+        return qualname in self._extra_leaves or super().is_leaf_module(m, qualname) or _inherits_torch_forward(m)
+
+
+_CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _inherits_torch_forward(m: nn.Module) -> bool:
+    """A user subclass of a torch.nn layer that keeps its forward (torchvision's ``Conv3DSimple``).
+
+    It computes exactly what its torch.nn base does, so it stays one module call, where the
+    layer's rules apply, instead of being traced into ``F.conv3d`` on bare parameters.
+    """
+    owner = next(base for base in type(m).__mro__ if "forward" in vars(base))
+    return owner.__module__.startswith("torch.nn.modules") and owner not in _CONTAINERS
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -11,6 +11,7 @@ import operator
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.ops
 from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
@@ -32,6 +33,8 @@ _UNARY_FUNCTIONS = (
     F.silu, F.mish, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.hardswish, F.hardsigmoid,
     F.hardtanh, F.softplus, F.logsigmoid, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
     F.alpha_dropout, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.square, torch.clamp,
+    # Zeroes whole samples (rows) or the whole batch at random in training; the identity in eval.
+    torchvision.ops.stochastic_depth,
 )
 _UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "square",
@@ -75,6 +78,18 @@ for _spatial, _modules, _functions in (
     _rule = _pooling(_spatial)
     RULES.module(*_modules)(_rule)
     RULES.function(*_functions)(_rule)
+
+
+@RULES.module(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
+@RULES.function(F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear)
+def interpolate(ctx, node):
+    """Resamples the spatial dims (all but the first two): channels on the batch or channel dim pass through."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = ctx.channels(x)
+    if cmap and shape is not None and any(d >= 2 for d in cmap.normalized(len(shape)).dims):
+        raise LayoutError("interpolation over a dim that carries channels would mix them")
+    return pass_through(ctx, node)
 
 
 def broadcast_join(ctx, node, operands) -> ChannelMap | None:

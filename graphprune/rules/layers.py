@@ -29,27 +29,28 @@ def conv(ctx, node):
     """Consumes the input channels (weight dim 1) and produces new ones (weight dim 0).
 
     A depthwise conv (groups == in_channels) maps channel c to outputs c*k..c*k+k-1, so
-    it passes its input's channels through. Other grouped convs keep their widths.
+    it passes its input's channels through. A grouped conv keeps every group equally
+    wide: position i of each group is one channel (its copies in every group are
+    joined), so pruning removes the same positions from every group, and the weight,
+    which holds one in_channels/groups slice shared by all groups, is sliced uniformly.
     """
     m = ctx.module(node)
     x = input_arg(node)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(ctx.shape(x)))
     cdim = len(ctx.shape(x)) - len(m.kernel_size) - 1  # 1, or 0 for an unbatched input
     in_atoms = _only_dim(cmap, cdim, type(m).__name__)
-    if m.groups == 1:
-        ctx.use_tensor(node.target, "weight", 1, in_atoms, Role.CONSUMER)
-        out = ctx.new_channels(m.out_channels)
-    elif m.groups == m.in_channels:
+    if m.groups == m.in_channels and m.groups > 1:
         if in_atoms is None:
             return ChannelMap()
         out = np.repeat(in_atoms, m.out_channels // m.in_channels)
     else:
-        # Grouped convs need equal widths in every group; until that is planned, keep both sides.
         if in_atoms is not None:
-            ctx.pin(in_atoms, "grouped convolution input")
-        out = ctx.new_channels(m.out_channels)
-        ctx.pin(out, "grouped convolution output")
-        return ChannelMap.single(cdim, out)
+            per_group = in_atoms.reshape(m.groups, -1)
+            for row in per_group[1:]:
+                ctx.join(per_group[0], row)
+            in_atoms = per_group[0]
+        ctx.use_tensor(node.target, "weight", 1, in_atoms, Role.CONSUMER)
+        out = np.tile(ctx.new_channels(m.out_channels // m.groups), m.groups)
     ctx.use_tensor(node.target, "weight", 0, out, Role.PRODUCER)
     ctx.use_tensor(node.target, "bias", 0, out, Role.BIAS)
     return ChannelMap.single(cdim, out)

@@ -63,7 +63,23 @@ def reshape(ctx, node):
             block = out.block_at(d)
             path = prefix + (d,) if prefix != () else (1 + d,)
             ctx.edit_shape(path, value, block, block.dims.index(d))
+    for block in out.blocks:
+        if len(block.dims) > 1 and any(not isinstance(sizes[d], int) or sizes[d] == -1 for d in block.dims):
+            _keep_grid(ctx, block)
     return out
+
+
+def _keep_grid(ctx, block: Block) -> None:
+    """A block split over several dims at run-time sizes (``view(b, g, c // g, h, w)``, a channel shuffle).
+
+    The pruned tensor is viewed with sizes computed from its own channel count, which
+    only matches the original layout if the kept channels form a grid. Joining each
+    row's position i with row 0's keeps every row and removes the same positions from
+    all of them (no constant records the row count, so rows must stay).
+    """
+    rows = block.atoms.reshape(-1, block.atoms.shape[-1])
+    for row in rows[1:]:
+        ctx.join(rows[0], row)
 
 
 def _permutation(ndim: int, order) -> list[int]:
@@ -119,22 +135,23 @@ def tensor_attribute(ctx, node):
     raise LayoutError(f"tensor attribute .{node.args[1]} is not supported")
 
 
-def _expand_index(index, ndim: int) -> list:
-    index = list(index) if isinstance(index, tuple) else [index]
-    if any(i is Ellipsis for i in index):
-        at = index.index(Ellipsis)
-        used = sum(1 for i in index if i is not None and i is not Ellipsis)
-        index = index[:at] + [slice(None)] * (ndim - used) + index[at + 1:]
-    used = sum(1 for i in index if i is not None)
-    return index + [slice(None)] * (ndim - used)
+def _expand_index(index, ndim: int) -> list[tuple[object, int | None]]:
+    """Each index item with its position in the user's index (None for the ``:`` an Ellipsis or a short index stands for)."""
+    items = list(enumerate(index)) if isinstance(index, tuple) else [(0, index)]
+    if any(i is Ellipsis for _, i in items):
+        at = next(k for k, (_, i) in enumerate(items) if i is Ellipsis)
+        used = sum(1 for _, i in items if i is not None and i is not Ellipsis)
+        items = items[:at] + [(None, slice(None))] * (ndim - used) + items[at + 1:]
+    used = sum(1 for _, i in items if i is not None)
+    return items + [(None, slice(None))] * (ndim - used)
 
 
 @RULES.function(operator.getitem)
 def getitem(ctx, node):
-    """Picks an element of a tuple, or indexes a tensor with ints, full slices and None.
+    """Picks an element of a tuple, or indexes a tensor with ints, slices and None.
 
-    Slicing a channel dim (``x[:, :64]``) or indexing it with a tensor is refused:
-    the kept channels would no longer line up with the constants.
+    Slicing a channel dim (``x[:, 16:64]``) keeps those channels' atoms and rewrites the
+    bounds to counts of kept channels. Indexing a channel dim with an int or a tensor is refused.
     """
     x, index = node.args
     value = ctx.channels(x)
@@ -149,8 +166,9 @@ def getitem(ctx, node):
     if not cmap:
         return ChannelMap()
     old_to_new: dict[int, int] = {}
+    sliced: dict[int, tuple[int, slice]] = {}  # channel dim -> (position in the index, slice)
     d_in = d_out = 0
-    for item in _expand_index(index, len(in_shape)):
+    for position, item in _expand_index(index, len(in_shape)):
         if item is None:
             d_out += 1
         elif isinstance(item, int):
@@ -159,13 +177,80 @@ def getitem(ctx, node):
             d_in += 1
         elif isinstance(item, slice):
             if d_in in cmap.dims and item != slice(None):
-                raise LayoutError(f"slicing channel dim {d_in} with {item}")
+                sliced[d_in] = (position, item)
             old_to_new[d_in] = d_out
             d_in += 1
             d_out += 1
         else:
             raise LayoutError(f"advanced indexing with {type(item).__name__} of a tensor that carries channels")
-    return ChannelMap(tuple(Block(tuple(old_to_new[d] for d in b.dims), b.atoms) for b in cmap.blocks))
+    blocks = []
+    for b in cmap.blocks:
+        if b.dims[0] in sliced:
+            b = _slice_block(ctx, b, in_shape[b.dims[0]], *sliced[b.dims[0]], wrapped=isinstance(index, tuple))
+        blocks.append(Block(tuple(old_to_new[d] for d in b.dims), b.atoms))
+    return ChannelMap(tuple(blocks))
+
+
+def _slice_block(ctx, block: Block, size: int, position: int, item: slice, wrapped: bool) -> Block:
+    """``x[:, a:b]`` on a channel dim: keeps atoms a..b-1; a and b become counts of kept channels before them."""
+    if len(block.dims) != 1:
+        raise LayoutError(f"slicing dim {block.dims[0]}, which is part of a {len(block.dims)}-D channel block")
+    bounds = (item.start, item.stop)
+    if item.step not in (None, 1) or any(not isinstance(v, (int, type(None))) or (v is not None and v < 0) for v in bounds):
+        raise LayoutError(f"slicing a channel dim with {item}: only constant, non-negative bounds and step 1 can be rewritten")
+    start, stop = item.start or 0, size if item.stop is None else min(item.stop, size)
+    path = (1, position) if wrapped else (1,)
+    for attr, bound in (("start", item.start), ("stop", item.stop)):
+        if bound:  # a bound of 0 or None stays as it is
+            prefix = block.atoms[:min(bound, size)]
+            ctx.edit_shape(path + (attr,), bound, Block((block.dims[0],), prefix), 0)
+    return Block(block.dims, block.atoms[start:stop])
+
+
+@RULES.function(torch.split, torch.chunk)
+@RULES.method("split", "chunk")
+def split(ctx, node):
+    """Cuts a tensor into pieces along a dim; a channel dim's atoms are cut the same way.
+
+    Explicit sizes (``split(x, [a, b], 1)``) become kept counts per piece. Equal pieces
+    (``x.chunk(2, dim=1)``, ``split(x, 16, 1)``) are computed from the pruned size at run
+    time, so the pieces must keep the same count: position i of every piece is one channel.
+    """
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    chunks = node.target in (torch.chunk, "chunk")
+    how = arg(node, 1, "chunks" if chunks else ("split_size_or_sections" if node.op == "call_function" else "split_size"))
+    if how is None and not chunks:
+        how = node.kwargs.get("split_size")
+    dim = int(arg(node, 2, "dim", 0)) % len(shape)
+    metas = node.meta["tensor_meta"]
+    sizes = [m.shape[dim] for m in metas]
+    block = cmap.block_at(dim)
+    if block is None:
+        return [cmap for _ in sizes]
+    if len(block.dims) != 1:
+        raise LayoutError(f"splitting dim {dim}, which is part of a {len(block.dims)}-D channel block")
+    rest = cmap.without(dim)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pieces = [block.atoms[a:a + n] for a, n in zip(starts, sizes)]
+    if isinstance(how, (list, tuple)):
+        position = 1 if len(node.args) > 1 else ("split_size_or_sections" if node.op == "call_function" else "split_size")
+        for k, (value, piece) in enumerate(zip(how, pieces)):
+            if not isinstance(value, int):
+                raise LayoutError("split sizes computed at run time cannot be rewritten")
+            ctx.edit_shape((position, k), value, Block((dim,), piece), 0)
+    else:
+        if len(set(sizes)) != 1:
+            raise LayoutError(f"equal pieces of a channel dim of {shape[dim]}, which does not divide evenly: {sizes}")
+        for piece in pieces[1:]:
+            ctx.join(pieces[0], piece)
+        if not chunks:
+            if not isinstance(how, int):
+                raise LayoutError("a split size computed at run time cannot be rewritten")
+            position = 1 if len(node.args) > 1 else next(k for k in node.kwargs if k.startswith("split_size"))
+            ctx.edit_shape((position,), how, Block((dim,), pieces[0]), 0)
+    return [rest.with_block(Block((dim,), piece)) for piece in pieces]
 
 
 @RULES.function(torch.cat, torch.concat, torch.concatenate)

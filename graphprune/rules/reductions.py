@@ -1,0 +1,43 @@
+"""Rules for reductions (``x.mean([2, 3])``, ``torch.sum``...): reduced dims disappear or become size 1.
+
+Reducing over untracked dims (spatial, batch) lets the channels through, renumbered
+when ``keepdim`` is False. Reducing over a channel dim mixes every channel into one
+value, which pruning would change (a mean over fewer channels), so those channels are
+pinned.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..channels import Block, ChannelMap
+from ..registry import Registry
+from ._common import arg, input_arg
+
+__all__ = ["RULES"]
+
+RULES = Registry()
+
+
+@RULES.function(torch.mean, torch.sum, torch.amax, torch.amin)
+@RULES.method("mean", "sum", "amax", "amin")
+def reduction(ctx, node):
+    """Reduces over the given dims: channels on other dims pass through; reduced channels are pinned."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    dims = arg(node, 1, "dim")
+    keepdim = bool(arg(node, 2, "keepdim", False))
+    ndim = len(shape)
+    if dims is None or dims == []:
+        reduced = set(range(ndim))
+    else:
+        reduced = {int(d) % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])}
+    blocks = []
+    for block in cmap.blocks:
+        if set(block.dims) & reduced:
+            ctx.pin(block.atoms, "reduction over a channel dim")
+            continue
+        dims_out = block.dims if keepdim else tuple(d - sum(r < d for r in reduced) for d in block.dims)
+        blocks.append(Block(dims_out, block.atoms))
+    return ChannelMap(tuple(blocks))
