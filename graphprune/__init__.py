@@ -10,7 +10,7 @@ Four stages, each usable on its own:
 :func:`shrink` runs them all; :func:`verify` proves the result.
 """
 
-from .api import analyze, apply, plan, shrink
+from .api import analyze, apply, capture_inputs, plan, shrink, shrink_submodule
 from .equivalence import mask, verify
 from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceError, UnsupportedOpError
 from .planning import Plan
@@ -18,7 +18,7 @@ from .registry import Registry, default_registry
 from .stats import count_macs, count_params, measure_latency
 
 __all__ = [
-    "shrink", "plan", "apply", "verify", "analyze", "mask",
+    "shrink", "plan", "apply", "verify", "analyze", "mask", "shrink_submodule", "capture_inputs",
     "Plan", "Registry", "default_registry",
     "count_params", "count_macs", "measure_latency",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",

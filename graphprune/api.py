@@ -11,9 +11,11 @@ torch.Size([1, 1000])
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 
 from .couple import Coupling, couple
@@ -25,7 +27,7 @@ from .registry import Registry, default_registry
 from .rewrite import apply_plan
 from .trace import trace
 
-__all__ = ["analyze", "plan", "apply", "shrink", "verify"]
+__all__ = ["analyze", "plan", "apply", "shrink", "shrink_submodule", "capture_inputs", "verify"]
 
 
 def _check_model(model: Any) -> nn.Module:
@@ -108,3 +110,81 @@ def shrink(
                     rules=rules, leaf_modules=leaf_modules)
     return apply(model, the_plan, example_inputs=example_inputs, inplace=inplace, rules=rules)
 
+
+
+def capture_inputs(model: nn.Module, name: str, model_inputs: Any) -> tuple[Any, ...] | dict[str, Any]:
+    """The arguments submodule ``name`` receives when ``model`` runs on ``model_inputs`` (eval mode, no grad).
+
+    The first call is captured; keyword arguments come back as a dict, positional ones as a tuple.
+    """
+    from .equivalence import _call, eval_mode
+
+    _check_model(model)
+    submodule = _get_submodule(model, name)
+    seen: list[Any] = []
+
+    def hook(_module, args, kwargs):
+        if not seen:
+            seen.append(dict(kwargs) if kwargs and not args else tuple(args))
+
+    handle = submodule.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            _call(model, model_inputs)
+    finally:
+        handle.remove()
+    if not seen:
+        raise InputError(f"{type(model).__name__} never called {name!r} on these inputs")
+    return seen[0]
+
+
+def _get_submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as exc:
+        raise InputError(f"{type(model).__name__} has no submodule {name!r}") from exc
+
+
+def shrink_submodule(
+    model: nn.Module,
+    name: str,
+    ratio: float,
+    *,
+    example_inputs: Any = None,
+    model_inputs: Any = None,
+    inplace: bool = False,
+    **options: Any,
+) -> nn.Module:
+    """Shrink one traceable submodule of a model that cannot be traced as a whole (a detector).
+
+    The submodule's inputs and output shapes never change, so the parent keeps working
+    around the smaller submodule. Give the submodule's own ``example_inputs``, or the
+    parent's ``model_inputs``, from which the submodule's are captured with a forward
+    hook. ``options`` are :func:`shrink`'s (``importance``, ``ignore``, ``rules``,
+    ``leaf_modules``). Returns the model (a copy unless ``inplace``) holding the smaller submodule.
+
+    >>> import torch, torchvision, graphprune
+    >>> det = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+    ...     weights=None, weights_backbone=None, min_size=64, max_size=64).eval()
+    >>> images = [torch.rand(3, 64, 64)]
+    >>> small = graphprune.shrink_submodule(det, "backbone", 0.5, model_inputs=(images,))
+    >>> graphprune.count_params(small.backbone) < graphprune.count_params(det.backbone) / 2
+    True
+    >>> sorted(small(images)[0])
+    ['boxes', 'labels', 'scores']
+    """
+    _check_model(model)
+    if (example_inputs is None) == (model_inputs is None):
+        raise InputError("give exactly one of example_inputs (the submodule's inputs) and model_inputs (the model's)")
+    _get_submodule(model, name)
+    if example_inputs is None:
+        example_inputs = capture_inputs(model, name, model_inputs)
+    target = model if inplace else copy.deepcopy(model)
+    submodule = target.get_submodule(name)
+    smaller = shrink(submodule, ratio, example_inputs=example_inputs, inplace=True, **options)
+    if name:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(target.get_submodule(parent_name), attr, smaller)
+    else:
+        target = smaller
+    return target

@@ -1,0 +1,226 @@
+"""Shrink every torchvision classification, segmentation and video model at one ratio, and tabulate the result.
+
+Each model runs in its own subprocess (one thread, a time limit and a memory cap), so one
+model's failure or hang becomes a row, never a crash. Finished rows are appended to a JSON-lines
+file as they complete: a rerun skips them (pass ``--force`` to redo), so the sweep is resumable.
+
+    python benchmarks/zoo.py                          # all 95 models -> docs/zoo.md, docs/zoo.csv
+    python benchmarks/zoo.py resnet18 mobilenet_v2    # some models
+    python benchmarks/zoo.py --family classification --timeout 600
+
+Columns: prunable groups found; parameters and MACs before and after; the masked-vs-shrunk
+relative difference (``graphprune.verify``), or "not exact" with the channel-mixing layers that
+make the rewrite approximate; seconds to shrink (plan + apply); and whether ``torch.jit.trace``,
+``torch.export.export`` and ``torch.fx.symbolic_trace`` accept the shrunk model.
+
+Weights are random (no downloads). BatchNorm statistics and affine parameters are drawn away
+from their (0, 1, 1, 0) initial values first, so that a wrongly sliced statistic changes the
+output instead of hiding behind an identity normalisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ("classification", "segmentation", "video")
+COLUMNS = [
+    "model", "family", "status", "input", "groups", "params_before", "params_after", "macs_before", "macs_after",
+    "equivalence", "shrink_s", "jit_trace", "export", "fx", "error",
+]
+# Channel-mixing norms: pruning changes their statistics, so masked-vs-shrunk is not an identity.
+MIXING_NORMS = ("LayerNorm", "LayerNorm2d", "GroupNorm")
+
+
+def model_names(family: str) -> list[str]:
+    import torchvision.models as M
+
+    module = {"classification": M, "segmentation": M.segmentation, "video": M.video}[family]
+    return M.list_models(module=module)
+
+
+def example_shape(name: str, family: str) -> tuple[int, ...]:
+    """The smallest convenient input each model accepts."""
+    if family == "video":
+        if name == "s3d" or name.startswith("mvit"):
+            return (1, 3, 16, 224, 224)  # s3d's final pooling is 2x7x7; MViT has fixed positional embeddings
+        return (1, 3, 8, 64, 64)
+    if name == "inception_v3":
+        return (1, 3, 96, 96)  # needs >= 75
+    if name.startswith(("vit_", "maxvit")):
+        return (1, 3, 224, 224)  # fixed image size (ViT positional embedding, MaxViT partitions)
+    return (1, 3, 64, 64)
+
+
+def build(name: str, family: str):
+    import torchvision
+
+    kwargs = {"weights": None}
+    if family == "segmentation":
+        kwargs.update(weights_backbone=None, aux_loss=True)
+    return torchvision.models.get_model(name, **kwargs).eval()
+
+
+def spread_norm_statistics(model) -> None:
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+
+
+def _ok(fn) -> str:
+    try:
+        fn()
+        return "yes"
+    except Exception as exc:  # a row records why, the sweep goes on
+        return f"no: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+
+
+def run_one(name: str, family: str, ratio: float) -> dict:
+    import torch
+
+    import graphprune
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    shape = example_shape(name, family)
+    row = {"model": name, "family": family, "input": "x".join(map(str, shape)), "status": "error"}
+    model = build(name, family)
+    spread_norm_statistics(model)
+    x = torch.randn(shape)
+    row["params_before"] = graphprune.count_params(model)
+    row["macs_before"] = graphprune.count_macs(model, x)
+    start = time.perf_counter()
+    plan = graphprune.plan(model, ratio, example_inputs=x)
+    shrunk = graphprune.apply(model, plan, example_inputs=x)
+    row["shrink_s"] = round(time.perf_counter() - start, 2)
+    row["groups"] = sum(1 for g in plan.groups if g.removed)
+    row["params_after"] = graphprune.count_params(shrunk)
+    row["macs_after"] = graphprune.count_macs(shrunk, x)
+    diff = graphprune.verify(model, plan, shrunk, x)
+    owners = {alias.rpartition(".")[0] for t in plan.tensors.values() for alias in t.aliases or [t.name]}
+    mixing = sorted({type(model.get_submodule(o)).__name__ for o in owners if o}
+                    & set(MIXING_NORMS))
+    row["equivalence"] = f"{diff:.1e}" if not mixing else f"not exact: {', '.join(mixing)} ({diff:.1e})"
+    row["status"] = "ok" if mixing or diff <= 1e-4 else "MISMATCH"
+    with torch.no_grad():
+        row["jit_trace"] = _ok(lambda: torch.jit.trace(shrunk, x, check_trace=False))
+        row["export"] = _ok(lambda: torch.export.export(shrunk, (x,)))
+        row["fx"] = _ok(lambda: torch.fx.symbolic_trace(shrunk))
+    return row
+
+
+def _child(name: str, family: str, ratio: float, mem_gb: float) -> None:
+    limit = int(mem_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        row = run_one(name, family, ratio)
+    except BaseException as exc:  # noqa: BLE001 - the row records every failure
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        row = {"model": name, "family": family, "status": "error",
+               "input": "x".join(map(str, example_shape(name, family))),
+               "error": f"{type(exc).__name__}: {message}"[:300]}
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def run_in_subprocess(name: str, family: str, ratio: float, timeout: float, mem_gb: float) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, __file__, "--child", name, "--family", family, "--ratio", str(ratio), "--mem-gb", str(mem_gb)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "family": family, "status": "error", "error": f"timed out after {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("ROW "):
+            return json.loads(line[4:])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"model": name, "family": family, "status": "error", "error": f"exit {proc.returncode}: {tail}"[:300]}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value / 1e6:.2f}M"
+    return str(value).replace("|", "/")
+
+
+def write_tables(rows: list[dict], md: Path, csv_path: Path, ratio: float) -> None:
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in COLUMNS})
+    ok = sum(r["status"] == "ok" for r in rows)
+    lines = [
+        f"# Model zoo at ratio {ratio}",
+        "",
+        f"Generated by `python benchmarks/zoo.py` (random weights, one CPU thread). {ok} of {len(rows)} models shrink "
+        "and pass their check. *equivalence* is `graphprune.verify` (masked original vs shrunk model, max relative "
+        "difference; exact rewrites are at float round-off); \"not exact\" names the channel-mixing norms whose "
+        "statistics change when channels go. *groups* counts the groups that lost channels.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |")
+    md.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", help="model names (default: every model of the chosen families)")
+    parser.add_argument("--family", choices=FAMILIES, action="append", help="repeatable; default: all three")
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
+    parser.add_argument("--mem-gb", type=float, default=8.0, help="address-space cap per model subprocess")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "zoo.jsonl", help="resumable row store")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "zoo", help="writes OUT.md and OUT.csv")
+    parser.add_argument("--force", action="store_true", help="rerun models that already have a row")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child, args.family[0], args.ratio, args.mem_gb)
+        return
+
+    families = args.family or list(FAMILIES)
+    todo = [(n, f) for f in families for n in model_names(f) if not args.models or n in args.models]
+    unknown = set(args.models) - {n for n, _ in todo}
+    if unknown:
+        parser.error(f"unknown models: {sorted(unknown)}")
+    done: dict[str, dict] = {}
+    if args.results.exists():
+        for line in args.results.read_text().splitlines():
+            row = json.loads(line)
+            done[row["model"]] = row
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    for name, family in todo:
+        if name in done and not args.force:
+            continue
+        row = run_in_subprocess(name, family, args.ratio, args.timeout, args.mem_gb)
+        done[name] = row
+        with args.results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{name:36s} {row['status']:8s} {row.get('equivalence', '')} {row.get('error', '')}", flush=True)
+    order = {n: i for i, n in enumerate(n for f in FAMILIES for n in model_names(f))}
+    rows = sorted(done.values(), key=lambda r: order.get(r["model"], len(order)))
+    write_tables(rows, args.out.with_suffix(".md"), args.out.with_suffix(".csv"), args.ratio)
+
+
+if __name__ == "__main__":
+    main()
