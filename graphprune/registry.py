@@ -124,6 +124,17 @@ class Registry:
 
 
 def _function_name(fn: Any) -> str:
+    # The public spelling (torch.cat, torch.nn.functional.max_pool2d) rather than where it is defined.
+    import operator
+
+    import torch
+    import torch.nn.functional
+    import torchvision.ops
+
+    name = getattr(fn, "__name__", None)
+    for public in (torch, torch.nn.functional, operator, torchvision.ops):
+        if name and getattr(public, name, None) is fn:
+            return f"{public.__name__}.{name}"
     module = getattr(fn, "__module__", None) or "torch"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn))
     if module == "_operator":

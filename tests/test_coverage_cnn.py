@@ -327,3 +327,14 @@ def test_every_cnn(name, family):
 
     torch.manual_seed(0)
     _shrink_and_verify(build(name, family), torch.randn(example_shape(name, family)))
+
+
+def test_supported_ops_table_is_up_to_date():
+    from pathlib import Path
+
+    from graphprune.docs import supported_ops_markdown
+
+    checked_in = Path(__file__).resolve().parent.parent / "docs" / "supported_ops.md"
+    assert checked_in.read_text() == supported_ops_markdown(), "run: python docs/gen_ops_table.py"
+    for op in ("torch.split", "torch.chunk", "torch.nn.functional.interpolate", "torch.mean", "torch.nn.modules.conv.Conv3d"):
+        assert f"`{op}`" in checked_in.read_text()
