@@ -11,8 +11,8 @@ import operator
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.ops
 from torch import nn
-from torchvision.ops import stochastic_depth
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
@@ -32,7 +32,9 @@ _UNARY_FUNCTIONS = (
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
     F.silu, F.mish, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.hardswish, F.hardsigmoid,
     F.hardtanh, F.softplus, F.logsigmoid, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.alpha_dropout, stochastic_depth, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.square, torch.clamp,
+    F.alpha_dropout, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.square, torch.clamp,
+    # Zeroes whole samples (rows) or the whole batch at random in training; the identity in eval.
+    torchvision.ops.stochastic_depth,
 )
 _UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "square",
