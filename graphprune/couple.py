@@ -342,6 +342,10 @@ def _get_attr(ctx: RuleContext, node: torch.fx.Node, meta: Any) -> Any:
     if shape is None:
         return None
     owner, _, attr = node.target.rpartition(".")
+    if attr not in ctx.gm.get_submodule(owner)._parameters:
+        # A buffer read in the graph (an index table, a coordinate grid) is fixed data: it carries no
+        # channels of its own, so an op that meets it with channels pins them rather than slicing it.
+        return ChannelMap()
     blocks = []
     for dim, size in enumerate(shape):
         if size > 1:

@@ -26,7 +26,7 @@ from torch import nn
 from ..channels import Block, ChannelMap, LayoutError
 from ..couple import Role
 from ..registry import Registry
-from ._common import arg, input_arg
+from ._common import arg, input_arg, join_rows, join_tensor_arg
 
 __all__ = ["RULES"]
 
@@ -66,18 +66,6 @@ def resize_layer_norm(m: nn.LayerNorm) -> None:
     m.normalized_shape = tuple(tensor.shape)
 
 
-def _join_tensor_arg(ctx, tensor_arg, dim: int, atoms: np.ndarray, what: str) -> None:
-    """A weight/bias passed as a graph value: its channels (get_attr atoms) follow the input's."""
-    if tensor_arg is None:
-        return
-    wmap = ctx.channels(tensor_arg)
-    watoms = wmap.at(dim) if wmap else None
-    if watoms is None:
-        ctx.pin(atoms, f"{what} whose parameter cannot shrink")
-    else:
-        ctx.join(watoms, atoms)
-
-
 @RULES.function(F.layer_norm)
 def functional_layer_norm(ctx, node):
     """``F.layer_norm(x, normalized_shape, weight, bias)``: like the module; the shape constant is rewritten.
@@ -100,21 +88,13 @@ def functional_layer_norm(ctx, node):
         atoms = cmap.at(d)
         if atoms is None:
             continue
-        _join_tensor_arg(ctx, weight, j, atoms, "layer_norm")
-        _join_tensor_arg(ctx, bias, j, atoms, "layer_norm")
+        join_tensor_arg(ctx, weight, j, atoms, "layer_norm")
+        join_tensor_arg(ctx, bias, j, atoms, "layer_norm")
         size = sizes[j]
         if isinstance(size, int):  # a Node size is read from the tensor at run time and needs no edit
             ctx.edit_shape(path if isinstance(shape_arg, int) else path + (j,), size, cmap.block_at(d), 0)
         ctx.mark_inexact(atoms, _LAYER_NORM_REASON)
     return cmap
-
-
-def _whole_groups(ctx, atoms: np.ndarray, num_groups: int) -> np.ndarray:
-    """Join each norm group's channels into one, so groups are removed whole; returns the (G, width) grid."""
-    grid = atoms.reshape(num_groups, -1)
-    for j in range(1, grid.shape[1]):
-        ctx.join(grid[:, 0], grid[:, j])
-    return grid
 
 
 @RULES.module(nn.GroupNorm)
@@ -129,7 +109,7 @@ def group_norm(ctx, node):
     if not m.affine:
         ctx.pin(atoms, "GroupNorm without affine parameters")
         return cmap
-    _whole_groups(ctx, atoms, m.num_groups)
+    join_rows(ctx, atoms, m.num_groups)
     ctx.use_tensor(node.target, "weight", 0, atoms, Role.NORM)
     ctx.use_tensor(node.target, "bias", 0, atoms, Role.BIAS)
     return cmap
@@ -155,9 +135,9 @@ def functional_group_norm(ctx, node):
     if not isinstance(num_groups, int):
         ctx.pin(atoms, "group_norm with a group count computed at run time")
         return cmap
-    grid = _whole_groups(ctx, atoms, num_groups)
-    _join_tensor_arg(ctx, weight, 0, atoms, "group_norm")
-    _join_tensor_arg(ctx, bias, 0, atoms, "group_norm")
+    grid = join_rows(ctx, atoms, num_groups)
+    join_tensor_arg(ctx, weight, 0, atoms, "group_norm")
+    join_tensor_arg(ctx, bias, 0, atoms, "group_norm")
     # The block's dims are not tensor dims here: axis 0 of the grid counts the groups that survive.
     path = (1,) if len(node.args) > 1 else ("num_groups",)
     ctx.edit_shape(path, num_groups, Block((0, 1), grid), 0)

@@ -181,6 +181,10 @@ def cat(ctx, node):
     maps = [(ctx.channels(t) or ChannelMap()).normalized(ndim) for t in tensors]
     if not any(maps):
         return ChannelMap()
+    others = [m.without(dim) for m in maps]
+    joined = _join_same_dims(ctx, others, [ctx.shape(t) for t in tensors])
+    if all(m.block_at(dim) is None for m in maps):
+        return joined  # a token dim (ViT's class token and patches): no channels along it
     pieces = []
     for t, cmap in zip(tensors, maps):
         atoms = cmap.at(dim)
@@ -188,8 +192,6 @@ def cat(ctx, node):
             atoms = ctx.new_channels(ctx.shape(t)[dim])
             ctx.pin(atoms, "concatenated input without prunable channels")
         pieces.append(atoms)
-    others = [m.without(dim) for m in maps]
-    joined = _join_same_dims(ctx, others, [ctx.shape(t) for t in tensors])
     return joined.with_block(Block((dim,), np.concatenate(pieces)))
 
 
@@ -217,3 +219,27 @@ def like(ctx, node):
     if node.target == "expand_as":
         return pass_through(ctx, node)
     raise LayoutError(f"Tensor.{node.target} ties the layout to another tensor")
+
+
+@RULES.method("expand")
+def expand(ctx, node):
+    """``x.expand(n, -1, -1)``: broadcasts size-1 dims and may prepend dims; channel dims keep their size.
+
+    A channel dim's size given as a literal (rather than -1) is rewritten to the kept count.
+    """
+    x = input_arg(node)
+    cmap = ctx.channels(x)
+    in_shape, out_shape = ctx.shape(x), ctx.shape(node)
+    if not cmap:
+        return ChannelMap()
+    offset = len(out_shape) - len(in_shape)
+    out = cmap.normalized(len(in_shape)).remap([d + offset for d in range(len(in_shape))])
+    sizes, prefix = _size_args(node)
+    for block in out.blocks:
+        for axis, d in enumerate(block.dims):
+            if out_shape[d] != in_shape[d - offset]:
+                raise LayoutError(f"expand changes the size of channel dim {d - offset}")
+            value = sizes[d]
+            if isinstance(value, int) and value != -1:
+                ctx.edit_shape(prefix + (d,) if prefix != () else (1 + d,), value, block, axis)
+    return out
