@@ -243,3 +243,33 @@ def expand(ctx, node):
             if isinstance(value, int) and value != -1:
                 ctx.edit_shape(prefix + (d,) if prefix != () else (1 + d,), value, block, axis)
     return out
+
+
+@RULES.function(torch.unbind)
+@RULES.method("unbind")
+def unbind(ctx, node):
+    """Splits a dim into its slices (``q, k, v = qkv.unbind(0)``).
+
+    A dim that is one axis of a multi-dim channel block (the 3 of a ``3 x heads x head_dim``
+    block) keeps all its slices: position i of every slice is joined into one channel.
+    Channels on the unbound dim alone would each become a separate tensor, so they are pinned.
+    """
+    x = input_arg(node)
+    ndim = len(ctx.shape(x))
+    dim = int(arg(node, 1, "dim", 0)) % ndim
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
+    moved = [d if d < dim else d - 1 for d in range(ndim)]
+    rest = ChannelMap(tuple(Block(tuple(moved[d] for d in b.dims), b.atoms) for b in cmap.blocks if dim not in b.dims))
+    block = cmap.block_at(dim)
+    count = ctx.shape(x)[dim]
+    if block is None:
+        return [rest] * count
+    if len(block.dims) == 1:
+        ctx.pin(block.atoms, "unbind of a channel dim")
+        return [rest] * count
+    axis = block.dims.index(dim)
+    slices = [np.take(block.atoms, i, axis=axis) for i in range(count)]
+    for piece in slices[1:]:
+        ctx.join(slices[0], piece)
+    dims = tuple(moved[d] for d in block.dims if d != dim)
+    return [rest.with_block(Block(dims, piece)) for piece in slices]
