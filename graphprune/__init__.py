@@ -11,17 +11,19 @@ Four stages, each usable on its own:
 """
 
 from .api import analyze, apply, plan, shrink
-from .equivalence import Verdict, mask, verdict, verify
+from .equivalence import mask, verify
 from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceError, UnsupportedOpError
 from .planning import Plan
 from .registry import Registry, default_registry
 from .stats import count_macs, count_params, measure_latency
+from .equivalence import Verdict, verdict  # noqa: E402 (kept apart from the core imports: merges stay clean)
 
 __all__ = [
-    "shrink", "plan", "apply", "verify", "verdict", "Verdict", "analyze", "mask",
+    "shrink", "plan", "apply", "verify", "analyze", "mask",
     "Plan", "Registry", "default_registry",
     "count_params", "count_macs", "measure_latency",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
+__all__ += ["verdict", "Verdict"]
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from .couple import Coupling, couple
-from .equivalence import verdict, verify
+from .equivalence import verify
 from .errors import InputError
 from .importance import Importance, resolve_importance
 from .planning import Plan, check_ratio, make_plan
@@ -25,7 +25,7 @@ from .registry import Registry, default_registry
 from .rewrite import apply_plan
 from .trace import trace
 
-__all__ = ["analyze", "plan", "apply", "shrink", "verify", "verdict"]
+__all__ = ["analyze", "plan", "apply", "shrink", "verify"]
 
 
 def _check_model(model: Any) -> nn.Module:

@@ -148,6 +148,8 @@ def getitem(ctx, node):
     cmap = (value or ChannelMap()).normalized(len(in_shape))
     if not cmap:
         return ChannelMap()
+    if isinstance(index, torch.fx.Node):
+        return _gather_rows(ctx, cmap, index)
     old_to_new: dict[int, int] = {}
     d_in = d_out = 0
     for item in _expand_index(index, len(in_shape)):
@@ -273,3 +275,26 @@ def unbind(ctx, node):
         ctx.join(slices[0], piece)
     dims = tuple(moved[d] for d in block.dims if d != dim)
     return [rest.with_block(Block(dims, piece)) for piece in slices]
+
+
+def _gather_rows(ctx, cmap: ChannelMap, index: torch.fx.Node) -> ChannelMap:
+    """``table[idx]`` with an index tensor: rows are picked at run time (a relative position table).
+
+    Channels along the gathered dim 0 could not be renumbered in ``idx``, so they are pinned;
+    the other dims move behind the index's dims.
+    """
+    if ctx.channels(index):
+        raise LayoutError("indexing with a tensor that itself carries channels")
+    idx_shape = ctx.shape(index)
+    if idx_shape is None:
+        raise LayoutError("indexing with a value that is not a tensor")
+    offset = len(idx_shape) - 1
+    blocks = []
+    for block in cmap.blocks:
+        if 0 in block.dims:
+            if len(block.dims) != 1:
+                raise LayoutError("gathering along a dim that is part of a multi-dim channel block")
+            ctx.pin(block.atoms, "rows gathered by an index tensor")
+            continue
+        blocks.append(Block(tuple(d + offset for d in block.dims), block.atoms))
+    return ChannelMap(tuple(blocks))
