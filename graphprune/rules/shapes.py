@@ -298,3 +298,37 @@ def _gather_rows(ctx, cmap: ChannelMap, index: torch.fx.Node) -> ChannelMap:
             continue
         blocks.append(Block(tuple(d + offset for d in block.dims), block.atoms))
     return ChannelMap(tuple(blocks))
+
+
+@RULES.function(torch.unsqueeze)
+@RULES.method("unsqueeze")
+def unsqueeze(ctx, node):
+    """Inserts a size-1 dim: channels move with their dims."""
+    x = input_arg(node)
+    ndim = len(ctx.shape(x))
+    at = int(arg(node, 1, "dim")) % (ndim + 1)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
+    return cmap.remap([d if d < at else d + 1 for d in range(ndim)])
+
+
+@RULES.function(torch.squeeze)
+@RULES.method("squeeze")
+def squeeze(ctx, node):
+    """Removes size-1 dims; a single channel squeezed away can no longer be sliced, so it is pinned."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    ndim = len(shape)
+    dims = arg(node, 1, "dim")
+    if dims is None:
+        gone = {d for d in range(ndim) if shape[d] == 1}
+    else:
+        gone = {int(d) % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims]) if shape[int(d) % ndim] == 1}
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
+    blocks = []
+    for block in cmap.blocks:
+        if set(block.dims) & gone:
+            ctx.pin(block.atoms, "a single channel squeezed away")
+            continue
+        blocks.append(block)
+    new = [d - sum(1 for g in gone if g < d) for d in range(ndim)]
+    return ChannelMap(tuple(blocks)).remap(new)
