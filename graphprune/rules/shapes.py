@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,10 +54,12 @@ def reshape(ctx, node):
     x = input_arg(node)
     cmap = ctx.channels(x)
     if not cmap:
+        _tie_run_time_sizes(ctx, node, ChannelMap())
         return ChannelMap()
     out, changed, pinned = reshape_channels(cmap, ctx.shape(x), ctx.shape(node))
     ctx.pin(pinned, "channel folded into an untracked dim")
     sizes, prefix = _size_args(node)
+    _tie_run_time_sizes(ctx, node, out)
     for d in changed:
         value = sizes[d]
         if isinstance(value, int) and value != -1:
@@ -104,8 +107,13 @@ def transpose(ctx, node):
 @RULES.method("size", "dim", "numel")
 @RULES.function(builtins.len, torch.numel)
 def shape_query(ctx, node):
-    """Reads sizes: the result is an int computed at run time, so it stays right after pruning."""
-    return None
+    """Reads sizes: an int computed at run time. ``x.size(d)`` of a channel dim remembers its channels."""
+    if node.target != "size":
+        return None
+    x = input_arg(node)
+    sizes = _sizes_of(ctx, x)
+    dim = arg(node, 1, "dim")
+    return sizes if dim is None else sizes[int(dim)]
 
 
 _METADATA = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"})
@@ -114,6 +122,8 @@ _METADATA = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_
 @RULES.function(builtins.getattr)
 def tensor_attribute(ctx, node):
     """``x.shape`` and other metadata: not a tensor, nothing to prune."""
+    if ctx.shape(node) is None and node.args[1] == "shape":
+        return _sizes_of(ctx, node.args[0])
     if ctx.shape(node) is None and node.args[1] in _METADATA:
         return None
     raise LayoutError(f"tensor attribute .{node.args[1]} is not supported")
@@ -332,3 +342,45 @@ def squeeze(ctx, node):
         blocks.append(block)
     new = [d - sum(1 for g in gone if g < d) for d in range(ndim)]
     return ChannelMap(tuple(blocks)).remap(new)
+
+
+@dataclass(frozen=True)
+class SizeOf:
+    """An int read at run time from the size of a channel dim (``C`` in ``B, N, C = x.shape``).
+
+    After pruning it counts ``atoms``' kept channels, so a view that uses it as a size
+    ties the viewed channels to those, index by index.
+    """
+
+    atoms: np.ndarray
+
+
+def _sizes_of(ctx, x) -> tuple[SizeOf | None, ...]:
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    out = []
+    for d in range(len(shape)):
+        block = cmap.block_at(d)
+        out.append(SizeOf(block.atoms) if block is not None and len(block.dims) == 1 else None)
+    return tuple(out)
+
+
+def _tie_run_time_sizes(ctx, node: torch.fx.Node, out: ChannelMap) -> None:
+    """A view whose size is another tensor's channel count (``reshape(B, N, C)``, C read from x).
+
+    Pruned, that size follows the other tensor's kept channels, so the viewed dim must keep
+    as many: its channels are joined with those index by index. A dim that carries no
+    channels of its own cannot follow, so the channels it was sized by are pinned.
+    """
+    sizes, _ = _size_args(node)
+    for d, value in enumerate(sizes):
+        marker = ctx.channels(value) if isinstance(value, torch.fx.Node) else None
+        if not isinstance(marker, SizeOf):
+            continue
+        block = out.block_at(d)
+        if block is not None and len(block.dims) == 1 and block.atoms.shape == marker.atoms.shape:
+            ctx.join(block.atoms, marker.atoms)
+        elif block is None:
+            ctx.pin(marker.atoms, "a view sized by a channel count, over a dim without channels")
+        else:
+            raise LayoutError(f"dim {d} is sized at run time by another tensor's channels, but is part of a multi-dim block")
