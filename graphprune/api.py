@@ -61,11 +61,14 @@ def plan(
     ignore: Iterable[str | nn.Module] = (),
     rules: Registry | None = None,
     leaf_modules: Iterable[str] = (),
+    exact_only: bool = False,
 ) -> Plan:
     """Decide which channels to remove: ``round(ratio * size)`` of every prunable group.
 
     The model's inputs and output shapes never change; every group keeps at least one channel.
     ``ignore`` lists modules (names or objects) whose tensors keep their shape.
+    Channels normalised together by a LayerNorm can be removed, but not exactly (the
+    statistics change): ``plan.inexact`` says why, and ``exact_only=True`` keeps such groups whole.
     """
     _check_model(model)
     ratio = check_ratio(ratio)
@@ -77,6 +80,7 @@ def plan(
         model=model,
         example_args=coupling.example_args,
         leaf_modules=coupling.leaf_modules,
+        exact_only=exact_only,
     )
 
 
@@ -101,13 +105,14 @@ def shrink(
     inplace: bool = False,
     rules: Registry | None = None,
     leaf_modules: Iterable[str] = (),
+    exact_only: bool = False,
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group and return the smaller model.
 
     Equivalent to ``apply(model, plan(model, ratio, ...))``.
     """
     the_plan = plan(model, ratio, example_inputs=example_inputs, importance=importance, ignore=ignore,
-                    rules=rules, leaf_modules=leaf_modules)
+                    rules=rules, leaf_modules=leaf_modules, exact_only=exact_only)
     return apply(model, the_plan, example_inputs=example_inputs, inplace=inplace, rules=rules)
 
 

@@ -6,7 +6,9 @@ holds each node's :class:`~graphprune.channels.ChannelMap`). Rules record:
 
 - *joins*: atoms that must be pruned together (the two sides of a residual add);
 - *pins*: atoms that must never be pruned (model outputs, channel-mixing ops);
-- *tensor uses*: which dim of which parameter or buffer is indexed by which atoms.
+- *tensor uses*: which dim of which parameter or buffer is indexed by which atoms;
+- *inexact marks*: atoms whose removal changes what the kept channels compute
+  (a LayerNorm's statistics run over them), so the rewrite is an approximation.
 
 Channels are then the connected components of the join graph over atoms, and
 *groups* are the connected components over the layers that produce them: a
@@ -90,6 +92,7 @@ class ChannelGroup:
     members: list[GroupMember]
     pinned: np.ndarray  # bool per channel
     sources: list[str]  # FX nodes that produce the group's channels
+    inexact: list[str] = field(default_factory=list)  # why removing any of these channels is not exact
 
     @property
     def prunable(self) -> bool:
@@ -136,6 +139,7 @@ class RuleContext:
         self.pins: list[tuple[np.ndarray, str]] = []
         self.uses: dict[tuple[str, int], TensorUse] = {}
         self.shape_edits: list[ShapeEdit] = []
+        self.inexact: list[tuple[np.ndarray, str]] = []
 
     # -- reading ------------------------------------------------------------------
     def channels(self, arg: Any) -> ChannelMap | None:
@@ -177,6 +181,16 @@ class RuleContext:
         atoms = np.asarray(atoms).ravel()
         if atoms.size:
             self.pins.append((atoms, f"{reason} at {self.node.name if self.node else '?'}"))
+
+    def mark_inexact(self, atoms: np.ndarray, reason: str) -> None:
+        """Removing any of these atoms changes what the kept channels compute (a norm's statistics).
+
+        Such channels may still be pruned, but the plan says so: its groups carry ``reason``
+        and :func:`graphprune.verdict` reports "not exact" instead of a round-off figure.
+        """
+        atoms = np.asarray(atoms).ravel()
+        if atoms.size:
+            self.inexact.append((atoms, f"{reason} at {self.node.name if self.node else '?'}"))
 
     def use_tensor(self, owner: str, attr: str, dim: int, atoms: np.ndarray | None, role: str) -> None:
         """Record that ``owner.attr`` (a parameter or buffer) is indexed by ``atoms`` along ``dim``."""
@@ -328,6 +342,10 @@ def _get_attr(ctx: RuleContext, node: torch.fx.Node, meta: Any) -> Any:
     if shape is None:
         return None
     owner, _, attr = node.target.rpartition(".")
+    if attr not in ctx.gm.get_submodule(owner)._parameters:
+        # A buffer read in the graph (an index table, a coordinate grid) is fixed data: it carries no
+        # channels of its own, so an op that meets it with channels pins them rather than slicing it.
+        return ChannelMap()
     blocks = []
     for dim, size in enumerate(shape):
         if size > 1:
@@ -410,6 +428,12 @@ def _form_groups(gm: torch.fx.GraphModule, ctx: RuleContext) -> Coupling:
     for atoms, _ in ctx.pins:
         pinned[channel_of_atom[atoms]] = True
 
+    inexact: list[list[str]] = [[] for _ in components]
+    for atoms, reason in ctx.inexact:
+        for g in np.unique(group_of_channel[channel_of_atom[atoms]]):
+            if reason not in inexact[g]:
+                inexact[g].append(reason)
+
     members: list[list[GroupMember]] = [[] for _ in components]
     for use in ctx.uses.values():
         channels = channel_of_atom[use.atoms]
@@ -429,6 +453,7 @@ def _form_groups(gm: torch.fx.GraphModule, ctx: RuleContext) -> Coupling:
                 members=members[g],
                 pinned=pinned[in_group],
                 sources=[ctx.spaces[s].node for s in spaces],
+                inexact=inexact[g],
             )
         )
     return Coupling(gm, ctx, channel_of_atom, groups, space_graph)

@@ -8,6 +8,11 @@ is zeroed would still feed f(0) into the next layer, which the shrunk model
 (rightly) no longer does. The masked model is then the original network
 restricted to the kept channels, and :func:`verify` measures how far the
 shrunk model is from it.
+
+That proof holds only for exact rewrites. Removing channels that a LayerNorm
+normalises over changes its statistics, so such a plan is approximate
+(``plan.inexact`` says where); :func:`verdict` reports "not exact: ..." with the
+measured difference rather than presenting it as round-off.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,7 +30,7 @@ from .couple import Role
 from .planning import Plan
 from .rewrite import check_plan_fits
 
-__all__ = ["mask", "verify", "relative_difference", "eval_mode"]
+__all__ = ["mask", "verify", "verdict", "Verdict", "relative_difference", "eval_mode"]
 
 
 def mask(model: nn.Module, plan: Plan) -> nn.Module:
@@ -101,3 +107,30 @@ def verify(model: nn.Module, plan: Plan, shrunk: nn.Module, inputs: Any = None) 
     masked = mask(model, plan)
     with torch.no_grad(), eval_mode(masked, shrunk):
         return relative_difference(_call(masked, inputs), _call(shrunk, inputs))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a rewrite is exact by construction, and the measured difference.
+
+    >>> str(Verdict(True, 3e-8, ()))
+    'exact (max relative difference 3.0e-08)'
+    >>> str(Verdict(False, 0.12, ("LayerNorm normalises over removed channels at ln",)))
+    'not exact: LayerNorm normalises over removed channels at ln (max relative difference 1.2e-01)'
+    """
+
+    exact: bool
+    difference: float
+    reasons: tuple[str, ...]
+
+    def __str__(self) -> str:
+        measured = f"max relative difference {self.difference:.1e}"
+        if self.exact:
+            return f"exact ({measured})"
+        shown = "; ".join(self.reasons[:3]) + ("; ..." if len(self.reasons) > 3 else "")
+        return f"not exact: {shown} ({measured})"
+
+
+def verdict(model: nn.Module, plan: Plan, shrunk: nn.Module, inputs: Any = None) -> Verdict:
+    """:func:`verify`, labelled: exact plans report their round-off, approximate ones say why they differ."""
+    return Verdict(plan.exact, verify(model, plan, shrunk, inputs), tuple(plan.inexact))

@@ -48,6 +48,7 @@ class GroupPlan:
     pinned: list[int]
     removed: list[int]
     scores: list[float] | None = None
+    inexact: list[str] = field(default_factory=list)  # why removing these channels is approximate
 
     @property
     def kept(self) -> list[int]:
@@ -98,7 +99,13 @@ class Plan:
     output_shapes: list[list[int]]
     leaf_modules: list[str] = field(default_factory=list)
     model_signature: str = ""
+    inexact: list[str] = field(default_factory=list)  # reasons of the groups that lose channels
     format_version: int = FORMAT_VERSION
+
+    @property
+    def exact(self) -> bool:
+        """True when the shrunk model computes exactly what the original does on the kept channels."""
+        return not self.inexact
 
     # -- summaries ----------------------------------------------------------------
     @property
@@ -110,7 +117,10 @@ class Plan:
         lines = [f"{self.model}: {len(self.groups)} groups, {self.removed_channels} channels removed"]
         for g in self.groups:
             if g.removed:
-                lines.append(f"  group {g.id}: {g.channels} -> {g.channels - len(g.removed)} ({', '.join(g.sources[:3])}{', ...' if len(g.sources) > 3 else ''})")
+                lines.append(f"  group {g.id}: {g.channels} -> {g.channels - len(g.removed)} ({', '.join(g.sources[:3])}{', ...' if len(g.sources) > 3 else ''})"
+                             + (" [approximate]" if g.inexact else ""))
+        if self.inexact:
+            lines.append(f"  not exact: {'; '.join(self.inexact[:3])}{'; ...' if len(self.inexact) > 3 else ''}")
         return "\n".join(lines)
 
     # -- serialisation ------------------------------------------------------------
@@ -197,16 +207,22 @@ def make_plan(
     model: torch.nn.Module,
     example_args: tuple[Any, ...],
     leaf_modules: tuple[str, ...] = (),
+    exact_only: bool = False,
 ) -> Plan:
-    """Remove ``round(ratio * size)`` of the lowest-scoring free channels of every prunable group."""
+    """Remove ``round(ratio * size)`` of the lowest-scoring free channels of every prunable group.
+
+    With ``exact_only`` a group whose removal would be approximate (its channels feed a
+    LayerNorm's statistics) keeps all its channels, so the plan stays exact.
+    """
     ratio = check_ratio(ratio)
     ctx = coupling.ctx
     tensors = {name: ctx.tensor(name) for name, _ in ctx.uses}
     n_channels = len(coupling.channel_of_atom) and int(coupling.channel_of_atom.max()) + 1
     removed_global = np.zeros(n_channels, dtype=bool)
     groups: list[GroupPlan] = []
+    inexact: list[str] = []
     for group in coupling.groups:
-        count = _remove_count(group, ratio)
+        count = 0 if exact_only and group.inexact else _remove_count(group, ratio)
         scores = None
         removed: list[int] = []
         if count:
@@ -215,6 +231,7 @@ def make_plan(
                 raise PlanError(f"the importance returned {scores.shape} scores for a group of {group.size} channels")
             removed = _choose(group, scores, count)
             removed_global[group.channel_ids[removed]] = True
+            inexact.extend(r for r in group.inexact if r not in inexact)
         groups.append(
             GroupPlan(
                 id=group.id,
@@ -224,6 +241,7 @@ def make_plan(
                 pinned=np.nonzero(group.pinned)[0].tolist(),
                 removed=removed,
                 scores=None if scores is None else [float(s) for s in scores],
+                inexact=list(group.inexact),
             )
         )
 
@@ -257,6 +275,7 @@ def make_plan(
         output_shapes=_output_shapes(coupling),
         leaf_modules=list(leaf_modules),
         model_signature=model_signature(model),
+        inexact=inexact,
     )
 
 

@@ -189,3 +189,18 @@ class _QuietShapeProp(ShapeProp):
             return super().run_node(n)
         except Exception as exc:
             raise _NodeFailure(n, exc.__cause__ or exc) from exc
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        # Generated code passes fresh list literals; the interpreter passes the node's immutable lists,
+        # which a wrapped function that edits its argument in place (video Swin's window sizes) cannot take.
+        return super().call_function(target, _mutable(args), _mutable(kwargs))
+
+
+def _mutable(value: Any) -> Any:
+    if isinstance(value, torch.fx.immutable_collections.immutable_list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, torch.fx.immutable_collections.immutable_dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_mutable(v) for v in value)
+    return value

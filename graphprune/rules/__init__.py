@@ -8,13 +8,13 @@ so that no caller ever mutates a shared table.
 from __future__ import annotations
 
 from ..registry import Registry
-from . import elementwise, layers, reductions, shapes
+from . import attention, contractions, elementwise, layers, norms, reductions, shapes
 
 __all__ = ["builtin_rules"]
 
 
 def builtin_rules() -> Registry:
     registry = Registry()
-    for family in (layers, elementwise, reductions, shapes):
+    for family in (layers, norms, attention, contractions, elementwise, reductions, shapes):
         registry.update(family.RULES)
     return registry

@@ -8,7 +8,7 @@ import torch.fx
 
 from ..channels import ChannelMap, LayoutError
 
-__all__ = ["input_arg", "arg", "pass_through"]
+__all__ = ["input_arg", "arg", "pass_through", "join_rows", "join_tensor_arg"]
 
 
 def arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -39,3 +39,27 @@ def pass_through(ctx, node, x: Any = None) -> ChannelMap | None:
         if out_shape[d] != in_shape[d]:
             raise LayoutError(f"the op changes the size of channel dim {d} from {in_shape[d]} to {out_shape[d]}")
     return cmap
+
+
+def join_rows(ctx, atoms, rows: int):
+    """Reshape ``atoms`` into ``rows`` equal rows and join each row into one channel; returns the (rows, width) grid.
+
+    Removing whole rows keeps every remaining row at its width: whole GroupNorm groups,
+    whole attention heads.
+    """
+    grid = atoms.reshape(rows, -1)
+    for j in range(1, grid.shape[1]):
+        ctx.join(grid[:, 0], grid[:, j])
+    return grid
+
+
+def join_tensor_arg(ctx, value: Any, dim: int, atoms, what: str) -> None:
+    """A weight or bias passed as a graph value (a get_attr): its ``dim`` follows ``atoms``, or they are pinned."""
+    if value is None:
+        return
+    cmap = ctx.channels(value)
+    theirs = cmap.at(dim) if cmap else None
+    if theirs is None:
+        ctx.pin(atoms, f"{what} whose parameter cannot shrink")
+    else:
+        ctx.join(theirs, atoms)

@@ -129,14 +129,18 @@ def broadcast_join(ctx, node, operands) -> ChannelMap | None:
             if any(key & set(k) for k in result):
                 raise LayoutError("element-wise op over operands with differently shaped channel blocks")
             result[key] = block
+    fixed: set[frozenset] = set()
     for padded, blocks in placed:
         tracked = {d for b in blocks for d in b.dims}
-        for block in result.values():
+        for key, block in result.items():
             for d in block.dims:
                 if d not in tracked and padded[d] == out_shape[d] and out_shape[d] > 1:
                     ctx.pin(block.atoms, "element-wise op with an operand whose channels are fixed")
+                    fixed.add(key)
                     break
-    return ChannelMap(tuple(result.values()))
+    # Pinned channels never go, so the output need not carry them: later ops see a plain dim
+    # (a positional embedding's token dim added to the tokens is not a channel dim downstream).
+    return ChannelMap(tuple(block for key, block in result.items() if key not in fixed))
 
 
 @RULES.function(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,10 +54,12 @@ def reshape(ctx, node):
     x = input_arg(node)
     cmap = ctx.channels(x)
     if not cmap:
+        _tie_run_time_sizes(ctx, node, ChannelMap())
         return ChannelMap()
     out, changed, pinned = reshape_channels(cmap, ctx.shape(x), ctx.shape(node))
     ctx.pin(pinned, "channel folded into an untracked dim")
     sizes, prefix = _size_args(node)
+    _tie_run_time_sizes(ctx, node, out)
     for d in changed:
         value = sizes[d]
         if isinstance(value, int) and value != -1:
@@ -120,8 +123,13 @@ def transpose(ctx, node):
 @RULES.method("size", "dim", "numel")
 @RULES.function(builtins.len, torch.numel)
 def shape_query(ctx, node):
-    """Reads sizes: the result is an int computed at run time, so it stays right after pruning."""
-    return None
+    """Reads sizes: an int computed at run time. ``x.size(d)`` of a channel dim remembers its channels."""
+    if node.target != "size":
+        return None
+    x = input_arg(node)
+    sizes = _sizes_of(ctx, x)
+    dim = arg(node, 1, "dim")
+    return sizes if dim is None else sizes[int(dim)]
 
 
 _METADATA = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"})
@@ -130,6 +138,8 @@ _METADATA = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_
 @RULES.function(builtins.getattr)
 def tensor_attribute(ctx, node):
     """``x.shape`` and other metadata: not a tensor, nothing to prune."""
+    if ctx.shape(node) is None and node.args[1] == "shape":
+        return _sizes_of(ctx, node.args[0])
     if ctx.shape(node) is None and node.args[1] in _METADATA:
         return None
     raise LayoutError(f"tensor attribute .{node.args[1]} is not supported")
@@ -165,6 +175,8 @@ def getitem(ctx, node):
     cmap = (value or ChannelMap()).normalized(len(in_shape))
     if not cmap:
         return ChannelMap()
+    if isinstance(index, torch.fx.Node):
+        return _gather_rows(ctx, cmap, index)
     old_to_new: dict[int, int] = {}
     sliced: dict[int, tuple[int, slice]] = {}  # channel dim -> (position in the index, slice)
     d_in = d_out = 0
@@ -185,7 +197,9 @@ def getitem(ctx, node):
             raise LayoutError(f"advanced indexing with {type(item).__name__} of a tensor that carries channels")
     blocks = []
     for b in cmap.blocks:
-        if b.dims[0] in sliced:
+        if set(b.dims) & set(sliced):
+            if len(b.dims) != 1:
+                raise LayoutError(f"slicing one dim of a {len(b.dims)}-D channel block over dims {b.dims}")
             b = _slice_block(ctx, b, in_shape[b.dims[0]], *sliced[b.dims[0]], wrapped=isinstance(index, tuple))
         blocks.append(Block(tuple(old_to_new[d] for d in b.dims), b.atoms))
     return ChannelMap(tuple(blocks))
@@ -193,8 +207,6 @@ def getitem(ctx, node):
 
 def _slice_block(ctx, block: Block, size: int, position: int, item: slice, wrapped: bool) -> Block:
     """``x[:, a:b]`` on a channel dim: keeps atoms a..b-1; a and b become counts of kept channels before them."""
-    if len(block.dims) != 1:
-        raise LayoutError(f"slicing dim {block.dims[0]}, which is part of a {len(block.dims)}-D channel block")
     bounds = (item.start, item.stop)
     if item.step not in (None, 1) or any(not isinstance(v, (int, type(None))) or (v is not None and v < 0) for v in bounds):
         raise LayoutError(f"slicing a channel dim with {item}: only constant, non-negative bounds and step 1 can be rewritten")
@@ -266,6 +278,10 @@ def cat(ctx, node):
     maps = [(ctx.channels(t) or ChannelMap()).normalized(ndim) for t in tensors]
     if not any(maps):
         return ChannelMap()
+    others = [m.without(dim) for m in maps]
+    joined = _join_same_dims(ctx, others, [ctx.shape(t) for t in tensors])
+    if all(m.block_at(dim) is None for m in maps):
+        return joined  # a token dim (ViT's class token and patches): no channels along it
     pieces = []
     for t, cmap in zip(tensors, maps):
         atoms = cmap.at(dim)
@@ -273,8 +289,6 @@ def cat(ctx, node):
             atoms = ctx.new_channels(ctx.shape(t)[dim])
             ctx.pin(atoms, "concatenated input without prunable channels")
         pieces.append(atoms)
-    others = [m.without(dim) for m in maps]
-    joined = _join_same_dims(ctx, others, [ctx.shape(t) for t in tensors])
     return joined.with_block(Block((dim,), np.concatenate(pieces)))
 
 
@@ -302,3 +316,156 @@ def like(ctx, node):
     if node.target == "expand_as":
         return pass_through(ctx, node)
     raise LayoutError(f"Tensor.{node.target} ties the layout to another tensor")
+
+
+@RULES.method("expand")
+def expand(ctx, node):
+    """``x.expand(n, -1, -1)``: broadcasts size-1 dims and may prepend dims; channel dims keep their size.
+
+    A channel dim's size given as a literal (rather than -1) is rewritten to the kept count.
+    """
+    x = input_arg(node)
+    cmap = ctx.channels(x)
+    in_shape, out_shape = ctx.shape(x), ctx.shape(node)
+    if not cmap:
+        return ChannelMap()
+    offset = len(out_shape) - len(in_shape)
+    out = cmap.normalized(len(in_shape)).remap([d + offset for d in range(len(in_shape))])
+    sizes, prefix = _size_args(node)
+    for block in out.blocks:
+        for axis, d in enumerate(block.dims):
+            if out_shape[d] != in_shape[d - offset]:
+                raise LayoutError(f"expand changes the size of channel dim {d - offset}")
+            value = sizes[d]
+            if isinstance(value, int) and value != -1:
+                ctx.edit_shape(prefix + (d,) if prefix != () else (1 + d,), value, block, axis)
+    return out
+
+
+@RULES.function(torch.unbind)
+@RULES.method("unbind")
+def unbind(ctx, node):
+    """Splits a dim into its slices (``q, k, v = qkv.unbind(0)``).
+
+    A dim that is one axis of a multi-dim channel block (the 3 of a ``3 x heads x head_dim``
+    block) keeps all its slices: position i of every slice is joined into one channel.
+    Channels on the unbound dim alone would each become a separate tensor, so they are pinned.
+    """
+    x = input_arg(node)
+    ndim = len(ctx.shape(x))
+    dim = int(arg(node, 1, "dim", 0)) % ndim
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
+    moved = [d if d < dim else d - 1 for d in range(ndim)]
+    rest = ChannelMap(tuple(Block(tuple(moved[d] for d in b.dims), b.atoms) for b in cmap.blocks if dim not in b.dims))
+    block = cmap.block_at(dim)
+    count = ctx.shape(x)[dim]
+    if block is None:
+        return [rest] * count
+    if len(block.dims) == 1:
+        ctx.pin(block.atoms, "unbind of a channel dim")
+        return [rest] * count
+    axis = block.dims.index(dim)
+    slices = [np.take(block.atoms, i, axis=axis) for i in range(count)]
+    for piece in slices[1:]:
+        ctx.join(slices[0], piece)
+    dims = tuple(moved[d] for d in block.dims if d != dim)
+    return [rest.with_block(Block(dims, piece)) for piece in slices]
+
+
+def _gather_rows(ctx, cmap: ChannelMap, index: torch.fx.Node) -> ChannelMap:
+    """``table[idx]`` with an index tensor: rows are picked at run time (a relative position table).
+
+    Channels along the gathered dim 0 could not be renumbered in ``idx``, so they are pinned;
+    the other dims move behind the index's dims.
+    """
+    if ctx.channels(index):
+        raise LayoutError("indexing with a tensor that itself carries channels")
+    idx_shape = ctx.shape(index)
+    if idx_shape is None:
+        raise LayoutError("indexing with a value that is not a tensor")
+    offset = len(idx_shape) - 1
+    blocks = []
+    for block in cmap.blocks:
+        if 0 in block.dims:
+            if len(block.dims) != 1:
+                raise LayoutError("gathering along a dim that is part of a multi-dim channel block")
+            ctx.pin(block.atoms, "rows gathered by an index tensor")
+            continue
+        blocks.append(Block(tuple(d + offset for d in block.dims), block.atoms))
+    return ChannelMap(tuple(blocks))
+
+
+@RULES.function(torch.unsqueeze)
+@RULES.method("unsqueeze")
+def unsqueeze(ctx, node):
+    """Inserts a size-1 dim: channels move with their dims."""
+    x = input_arg(node)
+    ndim = len(ctx.shape(x))
+    at = int(arg(node, 1, "dim")) % (ndim + 1)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
+    return cmap.remap([d if d < at else d + 1 for d in range(ndim)])
+
+
+@RULES.function(torch.squeeze)
+@RULES.method("squeeze")
+def squeeze(ctx, node):
+    """Removes size-1 dims; a single channel squeezed away can no longer be sliced, so it is pinned."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    ndim = len(shape)
+    dims = arg(node, 1, "dim")
+    if dims is None:
+        gone = {d for d in range(ndim) if shape[d] == 1}
+    else:
+        gone = {int(d) % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims]) if shape[int(d) % ndim] == 1}
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
+    blocks = []
+    for block in cmap.blocks:
+        if set(block.dims) & gone:
+            ctx.pin(block.atoms, "a single channel squeezed away")
+            continue
+        blocks.append(block)
+    new = [d - sum(1 for g in gone if g < d) for d in range(ndim)]
+    return ChannelMap(tuple(blocks)).remap(new)
+
+
+@dataclass(frozen=True)
+class SizeOf:
+    """An int read at run time from the size of a channel dim (``C`` in ``B, N, C = x.shape``).
+
+    After pruning it counts ``atoms``' kept channels, so a view that uses it as a size
+    ties the viewed channels to those, index by index.
+    """
+
+    atoms: np.ndarray
+
+
+def _sizes_of(ctx, x) -> tuple[SizeOf | None, ...]:
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    out = []
+    for d in range(len(shape)):
+        block = cmap.block_at(d)
+        out.append(SizeOf(block.atoms) if block is not None and len(block.dims) == 1 else None)
+    return tuple(out)
+
+
+def _tie_run_time_sizes(ctx, node: torch.fx.Node, out: ChannelMap) -> None:
+    """A view whose size is another tensor's channel count (``reshape(B, N, C)``, C read from x).
+
+    Pruned, that size follows the other tensor's kept channels, so the viewed dim must keep
+    as many: its channels are joined with those index by index. A dim that carries no
+    channels of its own cannot follow, so the channels it was sized by are pinned.
+    """
+    sizes, _ = _size_args(node)
+    for d, value in enumerate(sizes):
+        marker = ctx.channels(value) if isinstance(value, torch.fx.Node) else None
+        if not isinstance(marker, SizeOf):
+            continue
+        block = out.block_at(d)
+        if block is not None and len(block.dims) == 1 and block.atoms.shape == marker.atoms.shape:
+            ctx.join(block.atoms, marker.atoms)
+        elif block is None:
+            ctx.pin(marker.atoms, "a view sized by a channel count, over a dim without channels")
+        else:
+            raise LayoutError(f"dim {d} is sized at run time by another tensor's channels, but is part of a multi-dim block")

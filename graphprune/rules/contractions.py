@@ -1,0 +1,181 @@
+"""Rules for tensor contractions and softmax: ``matmul``/``@``/``bmm``, ``einsum``, ``scaled_dot_product_attention``.
+
+Every operand dim gets a *letter* (einsum's notation; matmul's batch, row, inner and
+column dims are lettered the same way). Channels on a letter shared by two operands
+are joined: q and k across their contracted head dim, the heads of q, k and v
+across the batch-like heads dim. A letter that does not reach the output is summed
+over; a channel block that spans it *and* a kept letter (a ``heads x head_dim``
+block contracted over head_dim) is collapsed: its atoms along the summed letter
+are joined, so each head is removed whole. That keeps every head at one width,
+which the views around attention need, and keeps the softmax scale meaningful.
+
+A tracked letter that meets an untracked dim of the same size in another operand
+cannot shrink alone, so it is pinned.
+"""
+
+from __future__ import annotations
+
+import operator
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..channels import Block, ChannelMap, LayoutError
+from ..registry import Registry
+from ._common import arg, input_arg, pass_through
+
+__all__ = ["RULES", "contract"]
+
+RULES = Registry()
+
+
+def _project(ctx, letters: tuple[str, ...], atoms: np.ndarray, keep: set[str]) -> tuple[tuple[str, ...], np.ndarray]:
+    """Join a block's atoms along every letter outside ``keep`` and drop those axes."""
+    kept_axes = [i for i, letter in enumerate(letters) if letter in keep]
+    dropped = [i for i in range(len(letters)) if i not in kept_axes]
+    if not dropped:
+        return letters, atoms
+    moved = np.moveaxis(atoms, dropped, list(range(len(kept_axes), len(letters))))
+    flat = moved.reshape(moved.shape[:len(kept_axes)] + (-1,))
+    for j in range(1, flat.shape[-1]):
+        ctx.join(flat[..., 0], flat[..., j])
+    return tuple(letters[i] for i in kept_axes), flat[..., 0]
+
+
+def contract(ctx, operands: list[tuple[Any, list[str]]], out_letters: list[str]) -> ChannelMap:
+    """Channels through a contraction; ``operands`` pairs each FX argument with one letter per dim."""
+    blocks: list[tuple[int, tuple[str, ...], np.ndarray]] = []
+    untracked: list[dict[str, int]] = []  # per operand: letter -> size of its untracked dims
+    for k, (x, letters) in enumerate(operands):
+        shape = ctx.shape(x)
+        cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+        if len(set(letters)) != len(letters) and cmap:
+            raise LayoutError("a contraction that repeats a letter within one operand (a diagonal) over channels")
+        for b in cmap.blocks:
+            blocks.append((k, tuple(letters[d] for d in b.dims), b.atoms))
+        untracked.append({letters[d]: shape[d] for d in range(len(shape)) if d not in cmap.dims})
+
+    # Blocks of different operands that share letters index the same positions: join them there.
+    for (ka, la, aa), (kb, lb, ab) in combinations(blocks, 2):
+        shared = set(la) & set(lb)
+        if ka == kb or not shared:
+            continue
+        pa_letters, pa = _project(ctx, la, aa, shared)
+        pb_letters, pb = _project(ctx, lb, ab, shared)
+        pb = np.transpose(pb, [pb_letters.index(letter) for letter in pa_letters])
+        if pa.shape == pb.shape:
+            ctx.join(pa, pb)
+        else:  # one side broadcasts a single channel
+            ctx.pin(aa, "contraction with a broadcast operand")
+            ctx.pin(ab, "contraction with a broadcast operand")
+    # A channel letter that meets a plain dim of the same size cannot shrink on one side only.
+    for k, letters, atoms in blocks:
+        for other, sizes in enumerate(untracked):
+            if other != k and any(sizes.get(letter, 1) > 1 and sizes[letter] == atoms.shape[i] for i, letter in enumerate(letters)):
+                ctx.pin(atoms, "contraction with an operand whose matching dim has no channels")
+
+    result: dict[frozenset, tuple[tuple[str, ...], np.ndarray]] = {}
+    for _, letters, atoms in blocks:
+        out, projected = _project(ctx, letters, atoms, set(out_letters))
+        if not out:
+            continue  # fully summed over: joined with its partner above, nothing flows on
+        key = frozenset(out)
+        if any(key <= seen for seen in result):
+            continue  # already carried by a block that was joined with this one
+        if any(key & seen for seen in result):
+            bigger = [seen for seen in result if seen <= key]
+            if len(bigger) != sum(1 for seen in result if key & seen):
+                raise LayoutError("a contraction whose output channels come from differently shaped blocks")
+            for seen in bigger:
+                del result[seen]
+        result[key] = (out, projected)
+    return ChannelMap(tuple(Block(tuple(out_letters.index(letter) for letter in out), atoms) for out, atoms in result.values()))
+
+
+def _matmul_letters(ndim_a: int, ndim_b: int) -> tuple[list[str], list[str], list[str]]:
+    batch = max(ndim_a, ndim_b) - 2
+    names = [f"batch{i}" for i in range(max(batch, 0))]
+    a = ["k"] if ndim_a == 1 else names[batch - (ndim_a - 2):] + ["m", "k"]
+    b = ["k"] if ndim_b == 1 else names[batch - (ndim_b - 2):] + ["k", "n"]
+    out = names[:] if batch > 0 else []
+    out += [] if ndim_a == 1 else ["m"]
+    out += [] if ndim_b == 1 else ["n"]
+    return a, b, out
+
+
+@RULES.function(torch.matmul, operator.matmul, torch.bmm)
+@RULES.method("matmul", "bmm")
+def matmul(ctx, node):
+    """``a @ b``: a's last dim meets b's second-to-last; the batch dims broadcast."""
+    a, b = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other", node.kwargs.get("mat2"))
+    la, lb, out = _matmul_letters(len(ctx.shape(a)), len(ctx.shape(b)))
+    return contract(ctx, [(a, la), (b, lb)], out)
+
+
+def _einsum_letters(equation: str, count: int) -> tuple[list[list[str]], list[str]]:
+    equation = equation.replace(" ", "")
+    if "." in equation:
+        raise LayoutError("einsum with an ellipsis over channels")
+    inputs, _, output = equation.partition("->")
+    terms = inputs.split(",")
+    if len(terms) != count:
+        raise LayoutError(f"einsum equation names {len(terms)} operands, the call passes {count}")
+    if "->" not in equation:
+        letters = "".join(terms)
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return [list(t) for t in terms], list(output)
+
+
+@RULES.function(torch.einsum)
+def einsum(ctx, node):
+    """``torch.einsum(equation, *operands)``: letters shared by operands are joined, summed letters collapse."""
+    equation, *operands = node.args
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    terms, out = _einsum_letters(equation, len(operands))
+    return contract(ctx, list(zip(operands, terms)), out)
+
+
+@RULES.function(F.scaled_dot_product_attention)
+def scaled_dot_product_attention(ctx, node):
+    """``softmax(q kᵀ · scale) v``: q and k meet on head_dim, q, k and v on every batch dim (the heads).
+
+    With the default scale (``1/sqrt(head_dim)``, read from the pruned q) a head_dim that
+    could shrink on its own would change the scale, so it is pinned; heads go whole.
+    """
+    q, k, v = (arg(node, i, name) for i, name in enumerate(("query", "key", "value")))
+    if arg(node, 7, "enable_gqa", False):
+        raise LayoutError("scaled_dot_product_attention with grouped-query attention")
+    mask = arg(node, 3, "attn_mask")
+    if mask is not None and ctx.channels(mask):
+        raise LayoutError("an attention mask that carries channels")
+    nd = len(ctx.shape(q))
+    batch = [f"batch{i}" for i in range(nd - 2)]
+    if arg(node, 6, "scale") is None:
+        for x in (q, k):
+            cmap = (ctx.channels(x) or ChannelMap()).normalized(nd)
+            block = cmap.block_at(nd - 1)
+            if block is not None and block.dims == (nd - 1,):
+                ctx.pin(block.atoms, "scaled_dot_product_attention's default scale reads head_dim")
+    return contract(ctx, [(q, batch + ["l", "e"]), (k, batch + ["s", "e"]), (v, batch + ["s", "ev"])], batch + ["l", "ev"])
+
+
+@RULES.module(nn.Softmax, nn.LogSoftmax)
+@RULES.function(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)
+@RULES.method("softmax", "log_softmax")
+def softmax(ctx, node):
+    """Normalises along one dim: channels elsewhere pass; channels along it are pinned (each depends on all)."""
+    x = input_arg(node)
+    ndim = len(ctx.shape(x))
+    dim = ctx.module(node).dim if node.op == "call_module" else arg(node, 1, "dim")
+    if dim is None:
+        raise LayoutError("softmax without an explicit dim")
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
+    block = cmap.block_at(int(dim) % ndim)
+    if block is not None:
+        ctx.pin(block.atoms, "softmax over channels")
+    return pass_through(ctx, node)
