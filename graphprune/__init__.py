@@ -17,6 +17,7 @@ from .planning import Plan
 from .registry import Registry, default_registry
 from .stats import count_macs, count_params, measure_latency
 from .equivalence import Verdict, verdict  # noqa: E402 (kept apart from the core imports: merges stay clean)
+from .errors import InexactWarning  # noqa: E402
 
 __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask",
@@ -24,6 +25,6 @@ __all__ = [
     "count_params", "count_macs", "measure_latency",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
-__all__ += ["verdict", "Verdict"]
+__all__ += ["verdict", "Verdict", "InexactWarning"]
 
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ torch.Size([1, 1000])
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from .couple import Coupling, couple
 from .equivalence import verify
-from .errors import InputError
+from .errors import InexactWarning, InputError
 from .importance import Importance, resolve_importance
 from .planning import Plan, check_ratio, make_plan
 from .registry import Registry, default_registry
@@ -72,7 +73,7 @@ def plan(
     ratio = check_ratio(ratio)
     name, scorer = resolve_importance(importance)
     coupling = analyze(model, example_inputs=example_inputs, ignore=ignore, rules=rules, leaf_modules=leaf_modules)
-    return make_plan(
+    result = make_plan(
         coupling, ratio, scorer,
         importance_name=name,
         model=model,
@@ -80,6 +81,14 @@ def plan(
         leaf_modules=coupling.leaf_modules,
         exact_only=exact_only,
     )
+    if result.inexact:
+        warnings.warn(
+            f"this plan is approximate: {len(result.inexact)} normalisation(s) run over removed channels "
+            f"({result.inexact[0]}{', ...' if len(result.inexact) > 1 else ''}); see plan.inexact, "
+            "or pass exact_only=True to keep those channels",
+            InexactWarning, stacklevel=2,
+        )
+    return result
 
 
 def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inplace: bool = False,
