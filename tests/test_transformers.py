@@ -287,9 +287,11 @@ def test_torchvision_transformer_default_plan_is_approximate_and_says_so(name):
         if attr is not None:
             assert getattr(attn, attr) == heads // 2
         else:  # Swin: the head count is a graph constant; the bias table is sliced by heads
-            table = getattr(attn, "relative_position_bias_table", None)
-            if table is not None:
-                assert table.shape[1] == heads // 2
+            if name == "swin_v2":  # heads index the logit scale and the continuous position bias MLP's output
+                assert attn.logit_scale.shape == (heads // 2, 1, 1)
+                assert shrunk.get_submodule(f"{path}.cpb_mlp.2").out_features == heads // 2
+            else:
+                assert attn.relative_position_bias_table.shape[1] == heads // 2
             # Traced into, the attention is a plain container of the tensors the graph reads.
             width = model.get_submodule(path).proj.out_features // 2
             assert attn.qkv.weight.shape == (3 * width, width) and attn.proj.weight.shape == (width, width)
