@@ -16,8 +16,8 @@ from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceE
 from .planning import Plan
 from .registry import Registry, default_registry
 from .stats import count_macs, count_params, measure_latency
-from .equivalence import Verdict, verdict  # noqa: E402 (kept apart from the core imports: merges stay clean)
-from .errors import InexactWarning  # noqa: E402
+from .equivalence import Verdict, verdict
+from .errors import InexactWarning
 
 __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask",

@@ -116,7 +116,7 @@ def shrink(
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group and return the smaller model.
 
-    Equivalent to ``apply(model, plan(model, ratio, ...))``.
+    Equivalent to ``apply(model, plan(model, ratio, ...))``; ``exact_only`` as in :func:`plan`.
     """
     the_plan = plan(model, ratio, example_inputs=example_inputs, importance=importance, ignore=ignore,
                     rules=rules, leaf_modules=leaf_modules, exact_only=exact_only)
