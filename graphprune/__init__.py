@@ -16,7 +16,8 @@ from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceE
 from .planning import Plan
 from .registry import Registry, default_registry
 from .stats import count_macs, count_params, measure_latency
-from .equivalence import Verdict, verdict  # noqa: E402 (kept apart from the core imports: merges stay clean)
+from .equivalence import Verdict, verdict
+from .errors import InexactWarning
 
 __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask", "shrink_submodule", "capture_inputs",
@@ -24,6 +25,6 @@ __all__ = [
     "count_params", "count_macs", "measure_latency",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
-__all__ += ["verdict", "Verdict"]
+__all__ += ["verdict", "Verdict", "InexactWarning"]
 
 __version__ = "0.1.0"

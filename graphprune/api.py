@@ -12,6 +12,7 @@ torch.Size([1, 1000])
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from .couple import Coupling, couple
 from .equivalence import verify
-from .errors import InputError
+from .errors import InexactWarning, InputError
 from .importance import Importance, resolve_importance
 from .planning import Plan, check_ratio, make_plan
 from .registry import Registry, default_registry
@@ -74,7 +75,7 @@ def plan(
     ratio = check_ratio(ratio)
     name, scorer = resolve_importance(importance)
     coupling = analyze(model, example_inputs=example_inputs, ignore=ignore, rules=rules, leaf_modules=leaf_modules)
-    return make_plan(
+    result = make_plan(
         coupling, ratio, scorer,
         importance_name=name,
         model=model,
@@ -82,6 +83,14 @@ def plan(
         leaf_modules=coupling.leaf_modules,
         exact_only=exact_only,
     )
+    if result.inexact:
+        warnings.warn(
+            f"this plan is approximate: {len(result.inexact)} normalisation(s) run over removed channels "
+            f"({result.inexact[0]}{', ...' if len(result.inexact) > 1 else ''}); see plan.inexact, "
+            "or pass exact_only=True to keep those channels",
+            InexactWarning, stacklevel=2,
+        )
+    return result
 
 
 def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inplace: bool = False,
@@ -109,7 +118,7 @@ def shrink(
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group and return the smaller model.
 
-    Equivalent to ``apply(model, plan(model, ratio, ...))``.
+    Equivalent to ``apply(model, plan(model, ratio, ...))``; ``exact_only`` as in :func:`plan`.
     """
     the_plan = plan(model, ratio, example_inputs=example_inputs, importance=importance, ignore=ignore,
                     rules=rules, leaf_modules=leaf_modules, exact_only=exact_only)

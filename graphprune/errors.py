@@ -17,6 +17,7 @@ __all__ = [
     "PlanError",
     "RewriteError",
     "describe_node",
+    "InexactWarning",
 ]
 
 
@@ -75,3 +76,10 @@ class PlanError(GraphPruneError, ValueError):
 
 class RewriteError(GraphPruneError):
     """The rewritten model failed its postcondition (a bug in a rule: please report it)."""
+
+
+class InexactWarning(UserWarning):
+    """A plan removes channels that a LayerNorm normalises over: the shrunk model approximates the original.
+
+    Issued by :func:`graphprune.plan` (and so :func:`graphprune.shrink`); ``exact_only=True`` avoids it.
+    """

@@ -1,5 +1,7 @@
 """Channel-mixing norms: LayerNorm (approximate, and said so) and GroupNorm (whole groups, exact)."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -54,7 +56,8 @@ def test_layer_norm_plan_is_approximate_and_says_why():
     torch.manual_seed(0)
     model, x = PreNormBlock(), torch.randn(2, 4, 5)
     before = fingerprint(model)
-    plan = graphprune.plan(model, 0.5, example_inputs=x)
+    with pytest.warns(graphprune.InexactWarning, match="approximate: 2 normalisation"):
+        plan = graphprune.plan(model, 0.5, example_inputs=x)
     assert not plan.exact and len(plan.inexact) == 2
     assert "not exact: LayerNorm normalises over removed channels at ln" in plan.summary()
     assert Plan.from_json(plan.to_json()).inexact == plan.inexact
@@ -71,7 +74,9 @@ def test_layer_norm_plan_is_approximate_and_says_why():
 def test_exact_only_keeps_layer_norm_groups_and_prunes_the_rest_exactly():
     torch.manual_seed(0)
     model, x = PreNormBlock(), torch.randn(2, 4, 5)
-    plan = graphprune.plan(model, 0.5, example_inputs=x, exact_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", graphprune.InexactWarning)
+        plan = graphprune.plan(model, 0.5, example_inputs=x, exact_only=True)
     assert plan.exact and plan.inexact == []
     removed = {tuple(g.sources): len(g.removed) for g in plan.groups}
     assert removed == {("embed", "fc2"): 0, ("fc1",): 8, ("head",): 0}
@@ -115,7 +120,8 @@ def test_layer_norm_2d_through_permutes_with_layer_scale():
         ("norm.weight", Role.DIRECT), ("norm.bias", Role.DIRECT), ("layer_scale", Role.DIRECT),
         ("dw.weight", Role.PRODUCER), ("pw1.weight", Role.CONSUMER), ("head.weight", Role.CONSUMER),
     }
-    plan = graphprune.plan(model, 0.5, example_inputs=x)
+    with pytest.warns(graphprune.InexactWarning):
+        plan = graphprune.plan(model, 0.5, example_inputs=x)
     assert [(e.old, e.new) for e in plan.graph_edits] == [(8, 4)]  # the normalized_shape constant
     shrunk = graphprune.apply(model, plan)
     assert shrunk.layer_scale.shape == (4, 1, 1) and shrunk.pw1.in_channels == 4
