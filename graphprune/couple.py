@@ -403,7 +403,7 @@ def _form_groups(gm: torch.fx.GraphModule, ctx: RuleContext) -> Coupling:
     order = np.lexsort((first_atom, group_of_channel))
     local = np.empty(n_channels, dtype=np.int64)
     counts = np.bincount(group_of_channel, minlength=len(components))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.cumsum(counts) - counts  # also right for a model without any channel (no groups)
     local[order] = np.arange(n_channels) - np.repeat(starts, counts)
 
     pinned = np.zeros(n_channels, dtype=bool)

@@ -234,7 +234,8 @@ def make_plan(
         if keep.all():
             continue
         if not keep.any():
-            raise PlanError(f"the plan would remove every entry of {use.tensor} along dim {use.dim}")
+            raise PlanError(f"the plan would remove every entry of {use.tensor} along dim {use.dim}",
+                            node=_node_named(coupling.gm, use.node))
         tensor = tensors[use.tensor]
         edit = edits.setdefault(use.tensor, TensorEdit(use.tensor, list(tensor.shape), {}, {}, list(ctx.aliases(use.tensor))))
         edit.keep[use.dim] = np.nonzero(keep)[0].tolist()
@@ -242,7 +243,7 @@ def make_plan(
 
     graph_edits = []
     for shape_edit in ctx.shape_edits:
-        new = _kept_along(kept_atom[shape_edit.block.atoms], shape_edit.axis)
+        new = _kept_along(kept_atom[shape_edit.block.atoms], shape_edit.axis, _node_named(coupling.gm, shape_edit.node))
         if new != shape_edit.block.atoms.shape[shape_edit.axis]:
             graph_edits.append(GraphEdit(shape_edit.node, list(shape_edit.path), shape_edit.old, new))
 
@@ -260,7 +261,11 @@ def make_plan(
     )
 
 
-def _kept_along(kept: np.ndarray, axis: int) -> int:
+def _node_named(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node | None:
+    return next((n for n in gm.graph.nodes if n.name == name), None)
+
+
+def _kept_along(kept: np.ndarray, axis: int, node: torch.fx.Node | None = None) -> int:
     """How many indices along ``axis`` survive; the kept set of a multi-dim block must be a grid."""
     if kept.ndim == 1:
         return int(kept.sum())
@@ -271,5 +276,10 @@ def _kept_along(kept: np.ndarray, axis: int) -> int:
         shape[k] = -1
         grid = grid & mask.reshape(shape)
     if not np.array_equal(grid, kept):
-        raise PlanError("the kept channels of a multi-dimensional block (heads x head_dim, groups) do not form a grid")
+        raise PlanError(
+            "the kept channels of a multi-dimensional block (heads x head_dim, groups) do not form a grid",
+            node=node,
+            hint="this reshape splits channels into a grid (a channel shuffle, attention heads): keep them with "
+            "ignore=[the producing module]",
+        )
     return int(masks[axis].sum())
