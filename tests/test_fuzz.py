@@ -23,13 +23,13 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 import graphprune
 
 from .helpers import fingerprint
-from .strategies import NetSpec, net_specs, ratios
+from .strategies import NetSpec, Step, net_specs, ratios
 
 DATABASE = DirectoryBasedExampleDatabase(Path(__file__).parent / ".hypothesis-db")
 CI_EXAMPLES, SLOW_EXAMPLES = 300, 5000
@@ -43,6 +43,18 @@ settings.register_profile("graphprune-fuzz-slow", max_examples=SLOW_EXAMPLES, de
 PROFILE = os.environ.get("GRAPHPRUNE_FUZZ_PROFILE", "ci")
 
 OUTCOMES: collections.Counter[str] = collections.Counter()
+
+_CONV_3_6 = Step("conv", (0,), (("cin", 3), ("cout", 6), ("k", 1), ("stride", 1), ("padding", 0), ("dilation", 1),
+                                ("groups", 1), ("bias", True)))
+# Networks the fuzzer found bugs with, replayed by every run whatever the database holds.
+REGRESSIONS = [
+    # No layer produces channels: forming groups crashed on an empty set (couple._form_groups).
+    (NetSpec((3, 8, 8), (Step("bn", (0,), (("c", 3),)), Step("gap", (1,), ())), (2,), seed=65535), 0.95),
+    # A channel shuffle whose kept channels are no grid: a PlanError that did not name the FX node.
+    (NetSpec((3, 8, 8), (_CONV_3_6, Step("shuffle", (1,), (("groups", 2), ("shape", (6, 8, 8)))),
+                         Step("flatten", (2,), (("form", "function"), ("features", 384))),
+                         Step("linear", (3,), (("fin", 384), ("fout", 4), ("bias", True)))), (4,)), 0.5),
+]
 
 
 def check_network(spec: NetSpec, ratio: float) -> str:
@@ -74,6 +86,8 @@ def _property(spec: NetSpec, ratio: float) -> None:
 def _run(profile: str, record_property) -> None:
     OUTCOMES.clear()
     test = given(net_specs(), ratios())(_property)
+    for spec, ratio in REGRESSIONS:
+        test = example(spec, ratio)(test)
     if profile == "ci":
         test = seed(CI_SEED)(test)
     test = settings(settings.get_profile(f"graphprune-fuzz-{profile}"))(test)
@@ -83,7 +97,7 @@ def _run(profile: str, record_property) -> None:
     record_property("fuzz_outcomes", dict(OUTCOMES))
     FUZZ_SUMMARY.append(f"fuzz ({profile}): {total} generated models: " + ", ".join(f"{k} {v}" for k, v in OUTCOMES.most_common()))
     expected = CI_EXAMPLES if profile == "ci" else SLOW_EXAMPLES
-    assert total >= expected
+    assert total >= expected + len(REGRESSIONS)
     # The property would hold trivially if everything were refused: most networks must really shrink.
     assert OUTCOMES["shrunk"] >= total // 2
 

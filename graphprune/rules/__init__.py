@@ -8,13 +8,13 @@ so that no caller ever mutates a shared table.
 from __future__ import annotations
 
 from ..registry import Registry
-from . import elementwise, layers, shapes
+from . import elementwise, functional, layers, shapes
 
 __all__ = ["builtin_rules"]
 
 
 def builtin_rules() -> Registry:
     registry = Registry()
-    for family in (layers, elementwise, shapes):
+    for family in (layers, elementwise, shapes, functional):
         registry.update(family.RULES)
     return registry
