@@ -122,9 +122,18 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
+        if not isinstance(data, dict):
+            raise PlanError(f"a plan is a JSON object, not {type(data).__name__}")
         if data.get("format_version") != FORMAT_VERSION:
             raise PlanError(f"plan format {data.get('format_version')} is not supported (expected {FORMAT_VERSION})")
-        data = dict(data)
+        try:
+            return cls._from_dict(dict(data))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanError(f"not a valid graphprune plan: {type(exc).__name__}: {exc}",
+                            hint="plans come from plan.to_json() / plan.save(path)") from exc
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> Plan:
         data["groups"] = [GroupPlan(**{**g, "members": [Member(**m) for m in g["members"]]}) for g in data["groups"]]
         data["tensors"] = {
             name: TensorEdit(**{**t, "keep": {int(k): v for k, v in t["keep"].items()}, "roles": {int(k): v for k, v in t["roles"].items()}})
@@ -135,8 +144,15 @@ class Plan:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> Plan:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise InputError(f"Plan.from_json takes the JSON text, not {type(text).__name__}",
+                             hint="to read a file use Plan.load(path)")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"not a graphprune plan: invalid JSON ({exc})") from exc
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(indent=1))
