@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .arguments import check_flag, check_model, check_names, check_registry
 from .couple import Coupling, couple
 from .equivalence import verify
 from .errors import InexactWarning, InputError
@@ -32,9 +33,7 @@ __all__ = ["analyze", "plan", "apply", "shrink", "shrink_submodule", "capture_in
 
 
 def _check_model(model: Any) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    return model
+    return check_model(model)
 
 
 def analyze(
@@ -47,6 +46,9 @@ def analyze(
 ) -> Coupling:
     """Trace ``model`` and build its dependency graph: the coupled channel groups."""
     _check_model(model)
+    ignore = check_names(ignore, "ignore", modules_allowed=True)
+    leaf_modules = check_names(leaf_modules, "leaf_modules")
+    rules = check_registry(rules)
     traced = trace(model, example_inputs, leaf_modules=leaf_modules)
     coupling = couple(traced.gm, rules or default_registry(), ignore=ignore, model=model)
     coupling.example_args, coupling.leaf_modules = traced.args, traced.leaf_modules
@@ -101,7 +103,10 @@ def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inplace: 
     a ``torch.fx.GraphModule`` with the same submodules.
     """
     _check_model(model)
-    return apply_plan(model, plan, example_inputs=example_inputs, inplace=inplace, rules=rules)
+    if isinstance(plan, str):
+        raise InputError("apply takes a Plan, not a string", hint="load a saved plan with graphprune.Plan.from_json(text) or Plan.load(path)")
+    return apply_plan(model, plan, example_inputs=example_inputs, inplace=check_flag(inplace, "inplace"),
+                      rules=check_registry(rules))
 
 
 def shrink(
@@ -120,6 +125,7 @@ def shrink(
 
     Equivalent to ``apply(model, plan(model, ratio, ...))``; ``exact_only`` as in :func:`plan`.
     """
+    check_flag(inplace, "inplace")  # before the planning work, not after it
     the_plan = plan(model, ratio, example_inputs=example_inputs, importance=importance, ignore=ignore,
                     rules=rules, leaf_modules=leaf_modules, exact_only=exact_only)
     return apply(model, the_plan, example_inputs=example_inputs, inplace=inplace, rules=rules)

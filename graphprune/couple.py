@@ -212,13 +212,23 @@ class RuleContext:
             self.pin(atoms, f"{name} belongs to an ignored module")
         key = (name, dim)
         if key in self.uses:  # shared weights: a second call must index the same channels
-            self.join(self.uses[key].atoms, atoms)
+            existing = self.uses[key]
+            if not np.array_equal(existing.atoms, atoms):
+                self.join(existing.atoms, atoms)
+            if existing.role == Role.DIRECT and role != Role.DIRECT:
+                # A get_attr records a generic direct use; the op that consumes the tensor
+                # (F.conv2d, F.linear...) knows what it is to the channel, e.g. a producer.
+                existing.role = role
         else:
             self.uses[key] = TensorUse(name, dim, atoms, role, self.node.name)
 
     def edit_shape(self, path: tuple[Any, ...], old: int, block: Block, axis: int) -> None:
         """Record that an integer argument of the current node counts channels of ``block`` along ``axis``."""
         self.shape_edits.append(ShapeEdit(self.node.name, path, old, block, axis))
+
+    def module_ignored(self, name: str) -> bool:
+        """Whether the submodule ``name`` is, or is inside, a module the user asked to ignore."""
+        return any(prefix == "" or name == prefix or name.startswith(prefix + ".") for prefix in self._ignored)
 
     def _is_ignored(self, tensor_name: str) -> bool:
         return any(prefix == "" or tensor_name.startswith(prefix + ".") for prefix in self._ignored)
@@ -361,6 +371,11 @@ def _run_rule(ctx: RuleContext, node: torch.fx.Node, registry: Registry, meta: A
     if rule is None:
         if not tracked:  # nothing prunable flows through it, so whatever it does is safe
             return _untracked_like(meta)
+        if node.op == "call_module" and ctx.module_ignored(node.target):
+            # An ignored module is opaque: keep every channel it reads; what it writes is fixed.
+            for cmap in _flatten_maps([n.meta.get(META_KEY) for n in node.all_input_nodes]):
+                ctx.pin(cmap.all_atoms(), "input of an ignored module")
+            return _untracked_like(meta)
         if node.op == "call_module":
             what = f"module {type(ctx.module(node)).__qualname__}"
         elif node.op == "call_function":
@@ -421,7 +436,7 @@ def _form_groups(gm: torch.fx.GraphModule, ctx: RuleContext) -> Coupling:
     order = np.lexsort((first_atom, group_of_channel))
     local = np.empty(n_channels, dtype=np.int64)
     counts = np.bincount(group_of_channel, minlength=len(components))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.cumsum(counts) - counts  # also right for a model without any channel (no groups)
     local[order] = np.arange(n_channels) - np.repeat(starts, counts)
 
     pinned = np.zeros(n_channels, dtype=bool)

@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .arguments import check_inputs, check_model
 from .couple import Role
+from .errors import InputError
 from .planning import Plan
 from .rewrite import check_plan_fits
 
@@ -101,6 +103,13 @@ def verify(model: nn.Module, plan: Plan, shrunk: nn.Module, inputs: Any = None) 
 
     ``inputs`` defaults to random tensors of the plan's example-input shapes.
     """
+    check_model(model)
+    check_model(shrunk, "shrunk")
+    if inputs is not None:
+        check_inputs(inputs)
+    elif not isinstance(plan, Plan) or not plan.inputs or any(spec is None for spec in plan.inputs):
+        raise InputError("verify needs inputs: the plan does not record a tensor shape for every model input",
+                         hint="pass inputs=(tensor, ...) or a dict of keyword tensors")
     if inputs is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         inputs = tuple(torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in plan.inputs)

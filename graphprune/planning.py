@@ -132,9 +132,18 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
+        if not isinstance(data, dict):
+            raise PlanError(f"a plan is a JSON object, not {type(data).__name__}")
         if data.get("format_version") != FORMAT_VERSION:
             raise PlanError(f"plan format {data.get('format_version')} is not supported (expected {FORMAT_VERSION})")
-        data = dict(data)
+        try:
+            return cls._from_dict(dict(data))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanError(f"not a valid graphprune plan: {type(exc).__name__}: {exc}",
+                            hint="plans come from plan.to_json() / plan.save(path)") from exc
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> Plan:
         data["groups"] = [GroupPlan(**{**g, "members": [Member(**m) for m in g["members"]]}) for g in data["groups"]]
         data["tensors"] = {
             name: TensorEdit(**{**t, "keep": {int(k): v for k, v in t["keep"].items()}, "roles": {int(k): v for k, v in t["roles"].items()}})
@@ -145,8 +154,15 @@ class Plan:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> Plan:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise InputError(f"Plan.from_json takes the JSON text, not {type(text).__name__}",
+                             hint="to read a file use Plan.load(path)")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"not a graphprune plan: invalid JSON ({exc})") from exc
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(indent=1))
@@ -252,7 +268,8 @@ def make_plan(
         if keep.all():
             continue
         if not keep.any():
-            raise PlanError(f"the plan would remove every entry of {use.tensor} along dim {use.dim}")
+            raise PlanError(f"the plan would remove every entry of {use.tensor} along dim {use.dim}",
+                            node=_node_named(coupling.gm, use.node))
         tensor = tensors[use.tensor]
         edit = edits.setdefault(use.tensor, TensorEdit(use.tensor, list(tensor.shape), {}, {}, list(ctx.aliases(use.tensor))))
         edit.keep[use.dim] = np.nonzero(keep)[0].tolist()
@@ -260,7 +277,7 @@ def make_plan(
 
     graph_edits = []
     for shape_edit in ctx.shape_edits:
-        new = _kept_along(kept_atom[shape_edit.block.atoms], shape_edit.axis)
+        new = _kept_along(kept_atom[shape_edit.block.atoms], shape_edit.axis, _node_named(coupling.gm, shape_edit.node))
         if new != shape_edit.block.atoms.shape[shape_edit.axis]:
             graph_edits.append(GraphEdit(shape_edit.node, list(shape_edit.path), shape_edit.old, new))
 
@@ -279,7 +296,11 @@ def make_plan(
     )
 
 
-def _kept_along(kept: np.ndarray, axis: int) -> int:
+def _node_named(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node | None:
+    return next((n for n in gm.graph.nodes if n.name == name), None)
+
+
+def _kept_along(kept: np.ndarray, axis: int, node: torch.fx.Node | None = None) -> int:
     """How many indices along ``axis`` survive; the kept set of a multi-dim block must be a grid."""
     if kept.ndim == 1:
         return int(kept.sum())
@@ -290,5 +311,10 @@ def _kept_along(kept: np.ndarray, axis: int) -> int:
         shape[k] = -1
         grid = grid & mask.reshape(shape)
     if not np.array_equal(grid, kept):
-        raise PlanError("the kept channels of a multi-dimensional block (heads x head_dim, groups) do not form a grid")
+        raise PlanError(
+            "the kept channels of a multi-dimensional block (heads x head_dim, groups) do not form a grid",
+            node=node,
+            hint="this reshape splits channels into a grid (a channel shuffle, attention heads): keep them with "
+            "ignore=[the producing module]",
+        )
     return int(masks[axis].sum())

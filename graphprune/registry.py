@@ -46,18 +46,22 @@ class Registry:
     # -- registration -------------------------------------------------------------
     def module(self, *classes: type) -> Callable[[Rule], Rule]:
         """Register a rule for ``call_module`` nodes of these classes (and subclasses that keep their forward)."""
+        _check_keys(classes, lambda c: isinstance(c, type) and issubclass(c, nn.Module), "nn.Module classes")
         return self._register(self._modules, classes)
 
     def function(self, *functions: Any) -> Callable[[Rule], Rule]:
         """Register a rule for ``call_function`` nodes calling one of these functions."""
+        _check_keys(functions, callable, "functions")
         return self._register(self._functions, functions)
 
     def method(self, *names: str) -> Callable[[Rule], Rule]:
         """Register a rule for ``call_method`` nodes (``x.view(...)``) with one of these names."""
+        _check_keys(names, lambda n: isinstance(n, str), "method names (strings)")
         return self._register(self._methods, names)
 
     def resizer(self, *classes: type) -> Callable[[Resizer], Resizer]:
         """Register how a module class refreshes its attributes after its tensors were sliced."""
+        _check_keys(classes, lambda c: isinstance(c, type) and issubclass(c, nn.Module), "nn.Module classes")
         return self._register(self._resizers, classes)
 
     @staticmethod
@@ -121,6 +125,12 @@ class Registry:
             yield "function", _function_name(fn), rule
         for name, rule in self._methods.items():
             yield "method", f"Tensor.{name}", rule
+
+
+def _check_keys(keys: tuple, valid: Callable[[Any], bool], what: str) -> None:
+    for key in keys:
+        if not valid(key):
+            raise TypeError(f"rules of this kind are keyed by {what}, not {key!r}")
 
 
 def _function_name(fn: Any) -> str:

@@ -15,6 +15,7 @@ import torch.utils.benchmark as benchmark
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .arguments import check_inputs, check_model, check_positive
 from .equivalence import _call, eval_mode
 
 __all__ = ["count_params", "count_macs", "measure_latency"]
@@ -22,11 +23,14 @@ __all__ = ["count_params", "count_macs", "measure_latency"]
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters, each shared tensor counted once."""
+    check_model(model)
     return sum(p.numel() for p in model.parameters())
 
 
 def count_macs(model: nn.Module, inputs: Any) -> int:
     """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (FLOPs / 2)."""
+    check_model(model)
+    check_inputs(inputs)
     with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
         _call(model, inputs)
     return counter.get_total_flops() // 2
@@ -34,6 +38,10 @@ def count_macs(model: nn.Module, inputs: Any) -> int:
 
 def measure_latency(model: nn.Module, inputs: Any, *, min_run_time: float = 1.0, num_threads: int = 1) -> float:
     """Median seconds per forward pass in eval mode, from ``torch.utils.benchmark``."""
+    check_model(model)
+    check_inputs(inputs)
+    check_positive(min_run_time, "min_run_time")
+    check_positive(num_threads, "num_threads", integer=True)
     with torch.no_grad(), eval_mode(model):
         timer = benchmark.Timer(
             stmt="call(model, inputs)",

@@ -3,12 +3,15 @@
 Shapes are propagated with :class:`torch.fx.passes.shape_prop.ShapeProp` under a
 ``FakeTensorMode``: no real arithmetic runs, the user's model is never touched
 (BatchNorm running statistics in train mode stay as they are), and a large model
-costs milliseconds rather than a real forward pass.
+costs milliseconds rather than a real forward pass. Only when a node's shape
+depends on data (an opaque leaf module that branches on values) does it fall back
+to a real forward pass, through a copy in eval mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import traceback
 from collections.abc import Iterable, Mapping
@@ -18,7 +21,12 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+)
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import InputError, TraceError
@@ -97,7 +105,9 @@ def normalize_inputs(model: nn.Module, gm: torch.fx.GraphModule, example_inputs:
                 f"example_inputs names {sorted(unknown)}, which {type(model).__name__}.forward does not take",
                 hint=f"its inputs are {names}",
             )
-        args = tuple(example_inputs.get(name, _placeholder_default(p)) for name, p in zip(names, placeholders))
+        # Not .get(name, default): the default raises for an argument without one, even when it is given.
+        args = tuple(example_inputs[name] if name in example_inputs else _placeholder_default(p)
+                     for name, p in zip(names, placeholders))
         return args
     elif isinstance(example_inputs, (tuple, list)):
         args = tuple(example_inputs)
@@ -145,10 +155,13 @@ def trace(model: nn.Module, example_inputs: Any = None, *, leaf_modules: Iterabl
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # FX raises TraceError, TypeError, NotImplementedError...
+        # FX pushes each submodule it enters and does not pop on failure: the last one is the culprit.
+        inside = [qualname for qualname, _ in tracer.module_stack.values() if qualname]
+        where = repr(inside[-1]) if inside else "'name'"
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}{_user_frame(exc)}",
-            hint="data-dependent control flow cannot be traced: mark the offending submodule as a leaf "
-            "(leaf_modules=[...]) so its channels are kept, or shrink a traceable submodule instead",
+            hint=f"data-dependent control flow cannot be traced: make the offending submodule an opaque leaf "
+            f"whose channels are kept (leaf_modules=[{where}], ignore=[{where}]), or shrink a traceable submodule instead",
         ) from exc
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     if not propagate:
@@ -168,13 +181,26 @@ def propagate_shapes(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> Any:
     try:
         # ShapeProp prints the traceback of a failing node itself; we raise a better error instead.
         with contextlib.redirect_stderr(io.StringIO()):
-            return prop.propagate(*args)
+            try:
+                return prop.propagate(*args)
+            except _NodeFailure as failure:
+                if not isinstance(failure.cause, _FAKE_LIMITS):
+                    raise
+            # A node whose output shape depends on data (an opaque leaf module with an `if` on values):
+            # fake tensors cannot run it, so propagate real ones, through a copy in eval mode.
+            real = _QuietShapeProp(gm)
+            real.fake_module = copy.deepcopy(gm).eval()  # ShapeProp runs this one, annotates gm's nodes
+            with torch.no_grad():
+                return real.propagate(*args)
     except _NodeFailure as failure:
         raise InputError(
             f"the example inputs do not fit the model: {type(failure.cause).__name__}: {failure.cause}",
             node=failure.node,
             hint="check the shapes, dtype and device of example_inputs",
         ) from failure.cause
+
+
+_FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
 
 
 class _NodeFailure(Exception):

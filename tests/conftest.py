@@ -7,3 +7,12 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 @pytest.fixture
 def seed():
     torch.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many random networks the fuzz test generated (tests/test_fuzz.py)."""
+    import sys
+
+    fuzz = sys.modules.get("tests.test_fuzz")
+    for line in getattr(fuzz, "FUZZ_SUMMARY", []):
+        terminalreporter.write_line(line)
