@@ -14,13 +14,16 @@ from .api import analyze, apply, plan, shrink
 from .equivalence import mask, verify
 from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceError, UnsupportedOpError
 from .planning import Plan
+from .provenance import plans_of
 from .registry import Registry, default_registry
+from .serialize import load, save
 from .stats import count_macs, count_params, measure_latency
 
 __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask",
     "Plan", "Registry", "default_registry",
     "count_params", "count_macs", "measure_latency",
+    "save", "load", "plans_of",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
 

@@ -21,6 +21,7 @@ from .equivalence import verify
 from .errors import InputError
 from .importance import Importance, resolve_importance
 from .planning import Plan, check_ratio, make_plan
+from .provenance import plans_of, record_plan
 from .registry import Registry, default_registry
 from .rewrite import apply_plan
 from .trace import trace
@@ -83,10 +84,14 @@ def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inplace: 
     """Build the shrunk model that ``plan`` describes. The original is untouched unless ``inplace``.
 
     The result keeps the model's class when no graph constant had to change; otherwise it is
-    a ``torch.fx.GraphModule`` with the same submodules.
+    a ``torch.fx.GraphModule`` with the same submodules. The result records the plans that made it
+    (:func:`graphprune.provenance.plans_of`), which is how :func:`graphprune.save` finds them.
     """
     _check_model(model)
-    return apply_plan(model, plan, example_inputs=example_inputs, inplace=inplace, rules=rules)
+    previous = plans_of(model)
+    result = apply_plan(model, plan, example_inputs=example_inputs, inplace=inplace, rules=rules)
+    record_plan(result, plan, previous=previous)
+    return result
 
 
 def shrink(
