@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraphs"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", type=int, default=224, help="input height and width")
-    parser.add_argument("--min-run-time", type=float, default=1.0)
+    parser.add_argument("--min-run-time", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; each model keeps its fastest")
+    parser.add_argument("--torch-pruning", action="store_true",
+                        help="also time Torch-Pruning (pip install graphprune[compare]) at the same MACs")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
@@ -55,20 +58,28 @@ def main(argv: list[str] | None = None) -> None:
         small = graphprune.apply(model, plan)
         checks.append(f"{name}: masked-vs-shrunk max relative difference {graphprune.verify(model, plan, small, x):.1e}")
         pairs[name] = (model, small)
+        if args.torch_pruning:
+            from torch_pruning_baseline import prune_to_macs
+
+            baseline, tp_ratio = prune_to_macs(model, x, graphprune.count_macs(small, x))
+            checks.append(f"{name} (torch-pruning): MetaPruner L2, pruning_ratio {tp_ratio:.3f} for equal MACs")
+            pairs[f"{name} (torch-pruning)"] = (model, baseline)
     configs = default_configs(args.device, modes=args.mode, dtypes=args.dtype, batches=args.batch,
                               channels_last=(False, True) if args.channels_last else (False,))
-    rows = run_benchmark(pairs, shape, configs, min_run_time=args.min_run_time, num_threads=args.threads)
+    rows = run_benchmark(pairs, shape, configs, min_run_time=args.min_run_time, num_threads=args.threads,
+                         repeats=args.repeats)
 
     cpu = platform.processor() or platform.machine()
     header = (f"graphprune.shrink(model, {args.ratio}); torch {torch.__version__}, {args.threads} CPU thread(s) ({cpu})"
               f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}; input {args.size}x{args.size}; "
-              "median of torch.utils.benchmark blocked_autorange; MACs from torch.utils.flop_counter.\n"
+              f"fastest of {args.repeats} interleaved medians of torch.utils.benchmark blocked_autorange ({args.min_run_time} s each); MACs from torch.utils.flop_counter.\n"
               "realized = (1 - t_shrunk/t_dense) / (1 - MACs_shrunk/MACs_dense): the share of the MACs saving that became time saved.")
     text = "\n".join([header, "", to_markdown(rows), "", *[f"- {c}" for c in checks], "",
                       "Command: `python " + " ".join(["benchmarks/latency.py", *sys.argv[1:]]) + "`"])
     print(text)
     if args.markdown:
-        args.markdown.write_text("# CPU latency: dense vs shrunk\n\n" + text + "\n")
+        devices = " and ".join(dict.fromkeys(r.config.device.upper() for r in rows))
+        args.markdown.write_text(f"# {devices} latency: dense vs shrunk\n\n" + text + "\n")
     if args.plot:
         plot(rows, args.plot)
 

@@ -151,26 +151,43 @@ def _time_ms(fn: Callable[[], object], *, min_run_time: float, num_threads: int)
 
 def run_benchmark(pairs: dict[str, tuple[nn.Module, nn.Module]], input_shape: Sequence[int],
                   configs: Iterable[Config], *, min_run_time: float = 1.0, num_threads: int = 1,
-                  progress: bool | None = None) -> list[Row]:
-    """Time every (dense, shrunk) pair under every configuration; ``input_shape`` excludes the batch dim."""
+                  repeats: int = 1, progress: bool | None = None) -> list[Row]:
+    """Time every (dense, shrunk) pair under every configuration; ``input_shape`` excludes the batch dim.
+
+    Under each configuration every distinct model is timed once per round, the rounds interleave the
+    models, and each model keeps its fastest round's median: other processes can only add time, so the
+    minimum is the least disturbed estimate, and interleaving spreads slow phases over all models alike.
+    A dense model shared by several pairs is timed once.
+    """
     from tqdm.auto import tqdm
 
     configs = list(configs)
     for config in configs:
         _check(config)
-    rows: list[Row] = []
-    jobs = [(name, config) for name in pairs for config in configs]
+    if repeats < 1:
+        raise InputError(f"repeats must be at least 1, got {repeats}")
+    models: dict[int, nn.Module] = {}
+    for dense, shrunk in pairs.values():
+        models.setdefault(id(dense), dense)
+        models.setdefault(id(shrunk), shrunk)
+    one = torch.randn(1, *input_shape)
+    macs = {key: count_macs(m, one) for key, m in models.items()}
     quiet = not sys.stderr.isatty() if progress is None else not progress
-    counts: dict[str, tuple[int, int, int, int]] = {}
-    for name, config in tqdm(jobs, desc="benchmark", disable=quiet):
-        dense, shrunk = pairs[name]
-        if name not in counts:
-            one = torch.randn(1, *input_shape)
-            counts[name] = (count_macs(dense, one), count_macs(shrunk, one), count_params(dense), count_params(shrunk))
+    rows: list[Row] = []
+    bar = tqdm(total=len(configs) * repeats * len(models), desc="benchmark", disable=quiet)
+    for config in configs:
         x = torch.randn(config.batch, *input_shape)
-        times = [_time_ms(_prepare(m, x, config), min_run_time=min_run_time, num_threads=num_threads)
-                 for m in (dense, shrunk)]
-        rows.append(Row(name, config, times[0], times[1], *counts[name]))
+        calls = {key: _prepare(m, x, config) for key, m in models.items()}
+        best = dict.fromkeys(calls, math.inf)
+        for _ in range(repeats):
+            for key, fn in calls.items():
+                best[key] = min(best[key], _time_ms(fn, min_run_time=min_run_time, num_threads=num_threads))
+                bar.update()
+        del calls
+        for name, (dense, shrunk) in pairs.items():
+            rows.append(Row(name, config, best[id(dense)], best[id(shrunk)], macs[id(dense)], macs[id(shrunk)],
+                            count_params(dense), count_params(shrunk)))
+    bar.close()
     return rows
 
 

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraphs"],
                        help="execution modes (default: eager)")
     bench.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
-    bench.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
+    bench.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per measurement")
+    bench.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds; each model keeps its fastest")
     bench.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table to FILE")
     bench.add_argument("--plot", type=Path, metavar="FILE", help="also draw speed-up vs MACs reduction as a PNG")
     _add_model_options(bench)
@@ -210,7 +211,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                               channels_last=(False, True) if args.channels_last else (False,))
     name = Path(args.shrunk).name or args.shrunk
     rows = run_benchmark({name: (dense, shrunk)}, shape[1:], configs, min_run_time=args.min_run_time,
-                         num_threads=args.threads, progress=not _quiet())
+                         num_threads=args.threads, repeats=args.repeats, progress=not _quiet())
     table = to_markdown(rows)
     print(table)
     if args.markdown:
