@@ -42,6 +42,8 @@ _EPILOG = """examples:
   graphprune inspect torchvision:resnet50 --dot resnet50.dot
   graphprune bench torchvision:resnet50 resnet50-half/
 
+MODEL is torchvision:NAME (random weights), package.module:factory (a function that returns an
+nn.Module), or a directory written by `graphprune shrink -o DIR`.
 Run `graphprune COMMAND --help` for the options of each command."""
 
 
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("shrunk", metavar="SHRUNK", help="the shrunk model (usually a saved directory)")
     bench.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
     bench.add_argument("--batch", nargs="+", type=int, default=None, help="batch sizes (default: 1 16, and 128 on cuda)")
-    bench.add_argument("--dtype", nargs="+", default=["float32"], help="float32, bfloat16, float16 (default: float32)")
+    bench.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
+                       help="dtypes to time (default: float32)")
     bench.add_argument("--channels-last", action="store_true", help="also time the channels_last memory layout")
     bench.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraphs"],
                        help="execution modes (default: eager)")

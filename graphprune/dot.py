@@ -7,7 +7,7 @@ the boxes below a group are the tensor slices its channels index (``tensor[dim] 
 >>> import torch, graphprune
 >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 2, 1))
 >>> dot = to_dot(graphprune.analyze(net, example_inputs=torch.randn(1, 3, 8, 8)))
->>> print(dot.splitlines()[0]); '"0.weight[0] producer"' in dot
+>>> print(dot.splitlines()[0]); 'label="0.weight[0] producer"' in dot
 digraph graphprune {
 True
 """
@@ -38,14 +38,14 @@ def to_dot(coupling: Coupling) -> str:
         for s in spaces:
             label = f"{graph.nodes[s]['node']} ({graph.nodes[s]['size']} ch)"
             lines.append(f"    s{s} [label={_quote(label)}];")
-        for member in group.members:
-            name = f"{member.use.tensor}[{member.use.dim}] {member.use.role}"
-            lines.append(f"    {_quote(name)} [shape=box];")
+        # One box per group and slice: a tensor indexed by several groups (after a concat) shows in each.
+        for i, member in enumerate(group.members):
+            label = f"{member.use.tensor}[{member.use.dim}] {member.use.role}"
+            lines.append(f"    g{group.id}_t{i} [shape=box, label={_quote(label)}];")
         lines.append("  }")
         if spaces:
-            for member in group.members:
-                name = f"{member.use.tensor}[{member.use.dim}] {member.use.role}"
-                lines.append(f"  s{spaces[0]} -> {_quote(name)} [style=dashed, arrowhead=none];")
+            for i in range(len(group.members)):
+                lines.append(f"  s{spaces[0]} -> g{group.id}_t{i} [style=dashed, arrowhead=none];")
     for a, b in graph.edges():
         lines.append(f"  s{a} -> s{b} [dir=none];")
     lines.append("}")
