@@ -127,6 +127,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{file} has format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
                          f"this graphprune reads {FORMAT!r} version {FORMAT_VERSION}")
+    for name in [*manifest.get("plans", []), manifest.get("weights", "")]:
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise InputError(f"{file} names {name!r}: a saved model only refers to files in its own directory")
     return manifest
 
 
@@ -140,6 +143,10 @@ def load(path: str | Path, base_model: nn.Module | str | None = None) -> nn.Modu
 
     root = Path(path)
     manifest = read_manifest(root)
+    weights = root / manifest["weights"]
+    if not weights.is_file() or _sha256(weights) != manifest["weights_sha256"]:
+        raise InputError(f"{weights} is missing or does not match the checksum in {MANIFEST}: "
+                         "the file was changed or corrupted")
     if base_model is None:
         if not manifest.get("base"):
             raise InputError(f"{path} does not say how to build its base model",
@@ -158,9 +165,6 @@ def load(path: str | Path, base_model: nn.Module | str | None = None) -> nn.Modu
     if model_signature(model) != manifest["signature"]:
         raise PlanError(f"replaying the plans of {path} gave other tensor shapes than the saved model had",
                         hint="the base model must be the same architecture (and factory arguments) as when it was saved")
-    weights = root / manifest["weights"]
-    if _sha256(weights) != manifest["weights_sha256"]:
-        raise InputError(f"{weights} does not match the checksum in {MANIFEST}: the file was changed or corrupted")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     load_model(model, str(weights), strict=True, device=str(device))
     return model

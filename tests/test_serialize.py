@@ -123,3 +123,7 @@ def test_load_refuses_wrong_base_corrupt_weights_and_missing_dir(tmp_path, seed)
     weights.write_bytes(bytes(data))
     with pytest.raises(graphprune.InputError, match="checksum"):
         graphprune.load(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "plans": ["../elsewhere.json"]}))
+    with pytest.raises(graphprune.InputError, match="only refers to files in its own directory"):
+        graphprune.load(tmp_path)
