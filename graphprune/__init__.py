@@ -14,7 +14,9 @@ from .api import analyze, apply, capture_inputs, plan, shrink, shrink_submodule
 from .equivalence import mask, verify
 from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceError, UnsupportedOpError
 from .planning import Plan
+from .provenance import plans_of
 from .registry import Registry, default_registry
+from .serialize import load, save
 from .stats import count_macs, count_params, measure_latency
 from .equivalence import Verdict, verdict
 from .errors import InexactWarning
@@ -23,6 +25,7 @@ __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask", "shrink_submodule", "capture_inputs",
     "Plan", "Registry", "default_registry",
     "count_params", "count_macs", "measure_latency",
+    "save", "load", "plans_of",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
 __all__ += ["verdict", "Verdict", "InexactWarning"]

@@ -25,6 +25,7 @@ from .equivalence import verify
 from .errors import InexactWarning, InputError
 from .importance import Importance, resolve_importance
 from .planning import Plan, check_ratio, make_plan
+from .provenance import plans_of, record_plan
 from .registry import Registry, default_registry
 from .rewrite import apply_plan
 from .trace import trace
@@ -100,13 +101,17 @@ def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inplace: 
     """Build the shrunk model that ``plan`` describes. The original is untouched unless ``inplace``.
 
     The result keeps the model's class when no graph constant had to change; otherwise it is
-    a ``torch.fx.GraphModule`` with the same submodules.
+    a ``torch.fx.GraphModule`` with the same submodules. The result records the plans that made it
+    (:func:`graphprune.provenance.plans_of`), which is how :func:`graphprune.save` finds them.
     """
     _check_model(model)
     if isinstance(plan, str):
         raise InputError("apply takes a Plan, not a string", hint="load a saved plan with graphprune.Plan.from_json(text) or Plan.load(path)")
-    return apply_plan(model, plan, example_inputs=example_inputs, inplace=check_flag(inplace, "inplace"),
-                      rules=check_registry(rules))
+    previous = plans_of(model)
+    result = apply_plan(model, plan, example_inputs=example_inputs, inplace=check_flag(inplace, "inplace"),
+                        rules=check_registry(rules))
+    record_plan(result, plan, previous=previous)
+    return result
 
 
 def shrink(

@@ -1,0 +1,245 @@
+"""The ``graphprune`` command: shrink, inspect and benchmark models from the shell.
+
+MODEL is ``torchvision:NAME`` (random weights), ``package.module:factory`` (a function returning
+an ``nn.Module``), or a directory written by ``graphprune shrink -o DIR`` / ``graphprune.save``.
+Errors graphprune raises on purpose print one message (no traceback) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import GraphPruneError, InputError
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG_SHRINK = """examples:
+  graphprune shrink torchvision:resnet50 --ratio 0.5 -o resnet50-half/
+  graphprune shrink mypkg.models:build_net --ratio 0.3 --input-shape 1,3,32,32 -o net-small/
+  graphprune shrink resnet50-half/ --ratio 0.2 -o resnet50-smaller/     (shrink a shrunk model again)
+
+Load the result in Python with graphprune.load("resnet50-half/")."""
+
+_EPILOG_INSPECT = """examples:
+  graphprune inspect torchvision:resnet18
+  graphprune inspect torchvision:resnet18 --dot resnet18.dot      (render: dot -Tsvg resnet18.dot -o r.svg)
+  graphprune inspect torchvision:mobilenet_v2 --png groups.png"""
+
+_EPILOG_BENCH = """examples:
+  graphprune bench torchvision:resnet50 resnet50-half/
+  graphprune bench torchvision:resnet50 resnet50-half/ --batch 1 16 --dtype float32 bfloat16 \\
+      --channels-last --mode eager compile --markdown table.md --plot speed.png"""
+
+_EPILOG = """examples:
+  graphprune shrink torchvision:resnet50 --ratio 0.5 -o resnet50-half/
+  graphprune inspect torchvision:resnet50 --dot resnet50.dot
+  graphprune bench torchvision:resnet50 resnet50-half/
+
+MODEL is torchvision:NAME (random weights), package.module:factory (a function that returns an
+nn.Module), or a directory written by `graphprune shrink -o DIR`.
+Run `graphprune COMMAND --help` for the options of each command."""
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,3,224,224, got {text!r}") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"every dimension must be positive, got {text!r}")
+    return shape
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", type=_input_shape, metavar="N,C,H,W",
+                   help="shape of the example input (default: the saved model's, else 1,3,224,224)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``graphprune`` command."""
+    parser = argparse.ArgumentParser(
+        prog="graphprune",
+        description="Structured channel pruning for PyTorch: make a model physically smaller, and prove it.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    shrink = sub.add_parser("shrink", help="remove channels and save the smaller model",
+                            description="Remove a fraction of the channels of every coupled group, check the result "
+                                        "against the masked original, and save it (JSON plan + safetensors weights).",
+                            epilog=_EPILOG_SHRINK, formatter_class=argparse.RawDescriptionHelpFormatter)
+    shrink.add_argument("model", metavar="MODEL", help="torchvision:NAME, package.module:factory, or a saved directory")
+    budget = shrink.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--ratio", type=float, help="fraction of each group's channels to remove, in [0, 1)")
+    budget.add_argument("--macs", type=float, help="target fraction of the model's MACs to keep (needs a budget planner)")
+    shrink.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="directory to write the model to")
+    shrink.add_argument("--importance", default="l2", help="channel importance criterion (default: l2)")
+    _add_model_options(shrink)
+
+    insp = sub.add_parser("inspect", help="print the groups of coupled channels",
+                          description="Trace the model and print its groups of coupled channels: which layers must "
+                                      "lose the same channels, and how many channels each group has.",
+                          epilog=_EPILOG_INSPECT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    insp.add_argument("model", metavar="MODEL", help="torchvision:NAME, package.module:factory, or a saved directory")
+    insp.add_argument("--dot", type=Path, metavar="FILE", help="also write the dependency graph as Graphviz DOT")
+    insp.add_argument("--png", type=Path, metavar="FILE", help="also draw the dependency graph as a PNG (matplotlib)")
+    _add_model_options(insp)
+
+    bench = sub.add_parser("bench", help="time a dense model against its shrunk version",
+                           description="Latency and throughput of MODEL vs SHRUNK (torch.utils.benchmark), next to "
+                                       "their MACs (torch.utils.flop_counter).",
+                           epilog=_EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("model", metavar="MODEL", help="the dense model")
+    bench.add_argument("shrunk", metavar="SHRUNK", help="the shrunk model (usually a saved directory)")
+    bench.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
+    bench.add_argument("--batch", nargs="+", type=int, default=None, help="batch sizes (default: 1 16, and 128 on cuda)")
+    bench.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
+                       help="dtypes to time (default: float32)")
+    bench.add_argument("--channels-last", action="store_true", help="also time the channels_last memory layout")
+    bench.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraphs"],
+                       help="execution modes (default: eager)")
+    bench.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+    bench.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per measurement")
+    bench.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds; each model keeps its fastest")
+    bench.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table to FILE")
+    bench.add_argument("--plot", type=Path, metavar="FILE", help="also draw speed-up vs MACs reduction as a PNG")
+    _add_model_options(bench)
+    return parser
+
+
+def _quiet() -> bool:
+    return not sys.stderr.isatty()
+
+
+def _load(spec: str, input_shape: tuple[int, ...] | None) -> tuple[nn.Module, str | None, tuple[int, ...]]:
+    """The model MODEL names, its spec (None for a saved directory's own base), and the input shape to use."""
+    from .factory import build_model, is_spec
+    from .serialize import load, read_manifest
+
+    path = Path(spec)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        saved = manifest["inputs"][0] if manifest["inputs"] and manifest["inputs"][0] else None
+        shape = input_shape or (tuple(saved["shape"]) if saved else (1, 3, 224, 224))
+        return load(path), None, shape
+    if is_spec(spec):
+        return build_model(spec), spec, input_shape or (1, 3, 224, 224)
+    raise InputError(f"{spec!r} is neither a model spec nor a saved model directory",
+                     hint="use torchvision:NAME, package.module:factory, or a directory written by `graphprune shrink`")
+
+
+def _cmd_shrink(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from . import api
+    from .provenance import plans_of
+    from .serialize import read_manifest, save
+    from .stats import count_macs, count_params
+
+    if args.macs is not None and "macs" not in inspect.signature(api.plan).parameters:
+        raise InputError("--macs needs the MACs-budget planner, which this graphprune does not have yet",
+                         hint="use --ratio (the fraction of each group's channels to remove)")
+    steps = tqdm(total=4, desc="shrink", disable=_quiet())
+    steps.set_postfix_str("load")
+    model, spec, shape = _load(args.model, args.input_shape)
+    if spec is None:  # a saved directory: the new plan extends its chain, rebuilt from the same base
+        manifest = read_manifest(args.model)
+        spec, base_kwargs = manifest["base"], manifest["base_kwargs"]
+    else:
+        base_kwargs = {}
+    model.eval()
+    x = torch.randn(shape)
+    steps.update()
+    steps.set_postfix_str("plan")
+    budget = {"ratio": args.ratio} if args.macs is None else {"macs": args.macs}
+    plan = api.plan(model, **budget, example_inputs=x, importance=args.importance)
+    steps.update()
+    steps.set_postfix_str("rewrite")
+    small = api.apply(model, plan, example_inputs=x)
+    steps.update()
+    steps.set_postfix_str("verify")
+    error = api.verify(model, plan, small, x)
+    steps.update()
+    steps.close()
+    save(small, args.output, plan=plans_of(small), base=spec, base_kwargs=base_kwargs)
+    p0, p1 = count_params(model), count_params(small)
+    m0, m1 = count_macs(model, x), count_macs(small, x)
+    print(plan.summary().splitlines()[0])
+    print(f"params {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); MACs at {list(shape)} {m0:,} -> {m1:,} ({m0 / m1:.2f}x fewer)")
+    print(f"masked-vs-shrunk max relative difference: {error:.1e}")
+    print(f"saved to {args.output} (load with graphprune.load({str(args.output)!r}))")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .api import analyze
+
+    model, _, shape = _load(args.model, args.input_shape)
+    coupling = analyze(model, example_inputs=torch.randn(shape))
+    print(f"{type(model).__name__}: {len(coupling.groups)} groups, "
+          f"{sum(g.size for g in coupling.groups)} channels, {sum(g.num_prunable for g in coupling.groups)} prunable")
+    print(f"{'group':>5} {'channels':>8} {'prunable':>8} {'tensors':>7}  layers")
+    for g in coupling.groups:
+        layers = ", ".join(g.sources[:4]) + (f", ... (+{len(g.sources) - 4})" if len(g.sources) > 4 else "")
+        print(f"{g.id:>5} {g.size:>8} {g.num_prunable:>8} {len(g.members):>7}  {layers}")
+    if args.dot:
+        from .dot import to_dot
+
+        args.dot.write_text(to_dot(coupling))
+        print(f"wrote {args.dot}")
+    if args.png:
+        from .dot import write_png
+
+        write_png(coupling, args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import default_configs, plot, run_benchmark, to_markdown
+
+    dense, _, shape = _load(args.model, args.input_shape)
+    shrunk, _, shrunk_shape = _load(args.shrunk, args.input_shape or shape)
+    torch.set_num_threads(args.threads)
+    configs = default_configs(args.device, modes=args.mode, dtypes=args.dtype, batches=args.batch,
+                              channels_last=(False, True) if args.channels_last else (False,))
+    name = Path(args.shrunk).name or args.shrunk
+    rows = run_benchmark({name: (dense, shrunk)}, shape[1:], configs, min_run_time=args.min_run_time,
+                         num_threads=args.threads, repeats=args.repeats, progress=not _quiet())
+    table = to_markdown(rows)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+_COMMANDS = {"shrink": _cmd_shrink, "inspect": _cmd_inspect, "bench": _cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``graphprune`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except GraphPruneError as exc:
+        print(f"graphprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable output, a file where a directory should be
+        print(f"graphprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The graphprune command, run as a user would: a subprocess, its output, its exit status."""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import graphprune
+from graphprune.cli import main
+
+from .models import OldVGG
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "graphprune", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or ROOT, timeout=300)
+
+
+def test_shrink_saves_a_loadable_smaller_model(tmp_path):
+    out = tmp_path / "r18"
+    result = run("shrink", "torchvision:resnet18", "--ratio", "0.5", "--input-shape", "1,3,32,32", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "masked-vs-shrunk max relative difference" in result.stdout
+    error = float(result.stdout.split("relative difference: ")[1].split()[0])
+    assert error <= 1e-4
+    small = graphprune.load(out)
+    assert small.layer1[0].conv1.out_channels == 32
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["base"] == "torchvision:resnet18" and manifest["inputs"][0]["shape"] == [1, 3, 32, 32]
+
+
+def test_inspect_prints_groups_and_writes_dot_and_png(tmp_path):
+    dot, png = tmp_path / "g.dot", tmp_path / "g.png"
+    result = run("inspect", "tests.models:OldVGG", "--input-shape", "1,3,16,16", "--dot", dot, "--png", png)
+    assert result.returncode == 0, result.stderr
+    expected = graphprune.analyze(OldVGG(), example_inputs=torch.randn(1, 3, 16, 16))
+    assert f"{len(expected.groups)} groups" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(g.id, g.size) for g in expected.groups]
+    text = dot.read_text()
+    assert text.startswith("digraph graphprune {") and text.count("subgraph cluster_") == len(expected.groups)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shrink_again_then_bench_a_saved_model(tmp_path):
+    once, twice, table = tmp_path / "once", tmp_path / "twice", tmp_path / "t.md"
+    assert run("shrink", "tests.models:OldVGG", "--ratio", "0.5", "--input-shape", "2,3,16,16", "-o", once).returncode == 0
+    result = run("shrink", once, "--ratio", "0.5", "-o", twice)  # input shape from the manifest
+    assert result.returncode == 0, result.stderr
+    assert graphprune.load(twice).get_submodule("features.0").out_channels == 4
+    result = run("bench", "tests.models:OldVGG", twice, "--batch", "2", "--min-run-time", "0.05",
+                 "--input-shape", "1,3,16,16", "--markdown", table)
+    assert result.returncode == 0, result.stderr
+    row = [line for line in table.read_text().splitlines() if line.startswith("| twice ")]
+    assert len(row) == 1 and "| cpu | 2 | float32 |" in row[0]
+    macs_reduction = float(row[0].split("|")[12].strip().rstrip("x"))
+    assert macs_reduction > 8  # two halvings of every conv: about 16x fewer MACs
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["shrink", "torchvision:no_such_net", "--ratio", "0.5", "-o", "out"], "torchvision has no model 'no_such_net'"),
+        (["shrink", "torchvision:resnet18", "--ratio", "1.5", "--input-shape", "1,3,32,32", "-o", "out"],
+         "ratio must be a number in [0, 1)"),
+        (["inspect", "missing_dir/"], "'missing_dir/' is neither a model spec nor a saved model directory"),
+    ],
+    ids=["unknown-model", "bad-ratio", "missing-file"],
+)
+def test_errors_exit_2_without_traceback(tmp_path, args, message):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_macs_budget(tmp_path, capsys):
+    supported = "macs" in inspect.signature(graphprune.plan).parameters
+    status = main(["shrink", "tests.models:OldVGG", "--macs", "0.5", "--input-shape", "1,3,16,16", "-o", str(tmp_path / "m")])
+    if supported:
+        assert status == 0
+        x = torch.randn(1, 3, 16, 16)
+        assert graphprune.count_macs(graphprune.load(tmp_path / "m"), x) <= 0.5 * graphprune.count_macs(OldVGG(), x)
+    else:
+        assert status == 2
+        assert "--macs needs the MACs-budget planner" in capsys.readouterr().err
+        assert not (tmp_path / "m").exists()
+
+
+def test_usage_errors_and_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["shrink", "torchvision:resnet18", "--ratio", "0.5", "--input-shape", "1,3,a", "-o", "x"])
+    assert info.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["shrink", "torchvision:resnet18", "-o", "x"])  # no budget
+    assert info.value.code == 2 and "one of the arguments --ratio --macs is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["shrink", "--help"])
+    assert info.value.code == 0 and "graphprune shrink torchvision:resnet50 --ratio 0.5" in capsys.readouterr().out
