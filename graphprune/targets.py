@@ -1,0 +1,163 @@
+"""Plan under a :class:`~graphprune.budget.Budget`: solve, build, check against the real figure, correct.
+
+The uniform ratio is decided in one pass. A MACs, parameter or latency budget is solved by
+the greedy knapsack of :mod:`graphprune.budget` against a predicted cost, then the plan is
+applied and the shrunk model counted (MACs, parameters) or timed (latency). If the real
+figure misses the target by more than the tolerance, the predicted target is scaled by
+the miss and the plan solved again (a few rounds at most). Under a latency budget a plan
+that measures slower than the dense model is never returned: the dense plan is, with a
+warning and a note in ``plan.budget``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .budget import Budget, GroupScope, greedy_decisions, resolve_round_to, scopes, uniform_decisions
+from .costs import CostModel, Term, mac_terms, param_terms
+from .couple import Coupling
+from .errors import PlanError
+from .importance import Importance
+from .latency_table import Hardware, LatencyTable, LayerLatency, layer_specs
+from .planning import Plan, make_plan, score_group
+from .rewrite import apply_plan
+from .stats import count_macs, count_params
+
+__all__ = ["plan_with_budget", "latency_terms", "TOLERANCE"]
+
+TOLERANCE = {"macs": 0.01, "params": 0.01, "latency": 0.05}
+_ROUNDS = 4
+
+
+def _order(group: Any, scores: np.ndarray) -> np.ndarray:
+    free = np.nonzero(~group.pinned)[0]
+    return free[np.argsort(scores[free], kind="stable")]
+
+
+def _decisions(scopes_: list[GroupScope], removed: dict[int, int], order: dict[int, np.ndarray],
+               scores: dict[int, np.ndarray]) -> dict[int, tuple[list[int], np.ndarray]]:
+    by_id = {s.group.id for s in scopes_}
+    return {gid: (sorted(int(c) for c in order[gid][:n]), scores[gid]) for gid, n in removed.items() if gid in by_id and n}
+
+
+def latency_terms(coupling: Coupling, hardware: Hardware, round_to: int, table: LatencyTable,
+                  dense_seconds: float) -> tuple[list[Term], float]:
+    """One term per prunable conv/linear: its measured latency at the kept widths; constant = the rest of the dense time."""
+    weights = {use.tensor for use in coupling.uses}
+    terms, dense_layers = [], 0.0
+    for spec in layer_specs(coupling.gm, weights):
+        surface = LayerLatency.measure(spec, table, round_to)
+        dims = (0,) if spec.depthwise else (0, 1)
+
+        def fn(kept: dict[int, int], surface: LayerLatency = surface, spec: Any = spec) -> float:
+            cout = kept.get(0, spec.out_channels)
+            return surface(kept.get(1, spec.in_channels), cout) if not spec.depthwise else surface(cout, cout)
+
+        term = Term(spec.weight, dims, fn)
+        dense_layers += fn({})
+        terms.append(term)
+    table.save()
+    return terms, dense_seconds - dense_layers
+
+
+def _on(model: nn.Module, args: tuple[Any, ...], hw: Hardware) -> tuple[nn.Module, tuple[Any, ...]]:
+    moved = copy.deepcopy(model).to(hw.device, hw.torch_dtype).eval()
+    return moved, tuple(a.to(hw.device, hw.torch_dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                        else a.to(hw.device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _latency(model: nn.Module, args: tuple[Any, ...], hw: Hardware) -> float:
+    moved, moved_args = _on(model, args, hw)
+    with torch.no_grad():
+        moved(*moved_args)
+        return hw.timer("model(*args)", {"model": moved, "args": moved_args})
+
+
+def plan_with_budget(
+    model: nn.Module,
+    coupling: Coupling,
+    scorer: Importance,
+    budget: Budget,
+    *,
+    importance_name: str,
+    hardware: Hardware | None = None,
+    rules: Any = None,
+) -> Plan:
+    """The plan that meets ``budget``; ``plan.budget`` records the target, the scope and the result."""
+    hw = hardware or Hardware()
+    round_to = resolve_round_to(budget.round_to, hw.device, hw.dtype)
+    scopes_ = scopes(coupling, budget, round_to)
+    tensors = {use.tensor: coupling.ctx.tensor(use.tensor) for use in coupling.uses}
+    record: dict[str, Any] = {**budget.to_dict(), "kind": budget.kind, "round_to_resolved": round_to}
+    build: Callable[[dict[int, tuple[list[int], np.ndarray]], dict[str, Any]], Plan] = lambda decisions, rec: make_plan(
+        coupling, budget.ratio or 0.0, scorer, importance_name=importance_name, model=model,
+        example_args=coupling.example_args, leaf_modules=coupling.leaf_modules, decisions=decisions, budget=rec)
+
+    if budget.kind == "ratio":
+        removed = uniform_decisions(scopes_, budget.ratio)
+        scores = {gid: score_group(scorer, next(s.group for s in scopes_ if s.group.id == gid), tensors) for gid in removed}
+        order = {gid: _order(next(s.group for s in scopes_ if s.group.id == gid), sc) for gid, sc in scores.items()}
+        return build(_decisions(scopes_, removed, order, scores), record)
+
+    scores = {s.group.id: score_group(scorer, s.group, tensors) for s in scopes_}
+    order = {s.group.id: _order(s.group, scores[s.group.id]) for s in scopes_}
+    args = coupling.example_args
+    if budget.kind == "params":
+        terms, constant, dense = param_terms(coupling)
+
+        def real(shrunk: nn.Module) -> float:
+            return float(count_params(shrunk))
+    elif budget.kind == "macs":
+        terms, constant, dense = mac_terms(coupling, model, args)
+
+        def real(shrunk: nn.Module) -> float:
+            return float(count_macs(shrunk, args))
+    else:
+        table = LatencyTable(hw)
+        dense = _latency(model, args, hw)
+        terms, constant = latency_terms(coupling, hw, round_to, table, dense)
+        record["table_measurements"] = table.measured
+
+        def real(shrunk: nn.Module) -> float:
+            return _latency(shrunk, args, hw)
+
+    cost = CostModel(coupling, order, terms, constant)
+    wanted = budget.target * dense
+    predicted_target = wanted
+    best: tuple[float, Plan, float, float] | None = None
+    for round_ in range(_ROUNDS):
+        removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target)
+        if predicted > predicted_target * (1 + 1e-9) and round_ == 0:
+            raise PlanError(
+                f"the {budget.kind} budget {budget.target:g} cannot be met: the smallest plan allowed by the scope "
+                f"is predicted at {predicted / dense:.3f} of dense",
+                hint="raise max_ratio, relax overrides or ignore fewer modules",
+            )
+        plan = build(_decisions(scopes_, removed, order, scores), {})
+        shrunk = apply_plan(model, plan, rules=rules)
+        actual = real(shrunk)
+        miss = abs(actual / wanted - 1)
+        if best is None or miss < best[0]:
+            best = (miss, plan, predicted, actual)
+        if miss <= TOLERANCE[budget.kind]:
+            break
+        predicted_target *= wanted / actual
+    assert best is not None
+    _, plan, predicted, actual = best
+    record.update({"dense": dense, "requested": wanted, "predicted": predicted, "actual": actual,
+                   "actual_fraction": actual / dense, "rounds": round_ + 1})
+    if budget.kind == "latency" and actual >= dense:
+        warnings.warn(f"the latency-budget plan measured {actual * 1e3:.3f} ms, not faster than the dense "
+                      f"{dense * 1e3:.3f} ms: returning the dense plan", stacklevel=3)
+        record["note"] = "fell back to the dense model: no pruned plan measured faster"
+        plan = build({}, {})
+        record["actual"], record["actual_fraction"] = dense, 1.0
+    plan.budget = record
+    return plan
