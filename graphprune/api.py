@@ -97,7 +97,7 @@ def plan(
     name, scorer = resolve_importance(importance)
     coupling = analyze(model, example_inputs=example_inputs, ignore=ignore, rules=rules, leaf_modules=leaf_modules)
     scorer = bind_importance(scorer, coupling)
-    if budget == Budget(ratio=budget.ratio):  # the plain uniform ratio: today's planner, unchanged
+    if budget.kind == "ratio" and not budget.overrides and budget.max_ratio is None and budget.round_to is None:  # the plain uniform ratio: today's planner, unchanged
         return make_plan(coupling, budget.ratio, scorer, importance_name=name, model=model,
                          example_args=coupling.example_args, leaf_modules=coupling.leaf_modules)
     hw = hardware or Hardware(device=str(device), dtype=str(dtype).removeprefix("torch."))

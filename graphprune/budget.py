@@ -183,9 +183,15 @@ def uniform_decisions(scopes_: list[GroupScope], ratio: float) -> dict[int, int]
 
 
 def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray], order: Mapping[int, np.ndarray],
-                     cost: Any, target: float, *, step_fraction: float = 1 / 64) -> tuple[dict[int, int], float]:
-    """Remove chunks of channels, least normalised importance lost per unit of cost saved first, until
-    ``cost.total(removed) <= target``. Returns (channels removed per group id, predicted cost).
+                     cost: Any, target: float, *, cost_weight: float = 0.0,
+                     step_fraction: float = 1 / 64) -> tuple[dict[int, int], float]:
+    """Remove chunks of channels until ``cost.total(removed) <= target``; returns (removed per group id, predicted cost).
+
+    A chunk's priority is its mean normalised importance divided by ``saving ** cost_weight``
+    (its saving per channel). ``cost_weight=0`` is a pure global importance ranking: the cost
+    only decides where to stop, so no group is emptied for being expensive. ``cost_weight=1``
+    is the knapsack ratio (importance lost per unit saved), which chases the costliest layers;
+    in between, cheap-to-keep channels are spared in proportion.
 
     Fixed (overridden) groups take their ratio first. Without rounding, a chunk is at least
     ``step_fraction`` of the group, so a large model plans in a fraction of a second.
@@ -220,11 +226,14 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
             return None
         before = cost.group_part(gid, removed)
         after = cost.group_part(gid, {**removed, gid: nxt})
-        saving = before - after
-        lost = normalised[gid][nxt] - normalised[gid][now]
+        n = nxt - now
+        saving = (before - after) / n
+        lost = (normalised[gid][nxt] - normalised[gid][now]) / n
+        if cost_weight == 0:
+            return (lost, nxt)
         if saving <= 0:
             return (math.inf, nxt)
-        return (lost / saving, nxt)
+        return (lost / saving ** cost_weight, nxt)
 
     current = cost.total(removed)
     cands = {gid: candidate(gid) for gid in free}

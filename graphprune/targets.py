@@ -30,9 +30,12 @@ from .planning import Plan, make_plan, score_group
 from .rewrite import apply_plan
 from .stats import count_macs, count_params
 
-__all__ = ["plan_with_budget", "latency_terms", "TOLERANCE"]
+__all__ = ["plan_with_budget", "latency_terms", "TOLERANCE", "COST_WEIGHT"]
 
 TOLERANCE = {"macs": 0.01, "params": 0.01, "latency": 0.05}
+# MACs and parameters: a global importance ranking (the most accurate plan that fits). Latency: half
+# way to the knapsack ratio, so channels whose removal buys little time are kept first.
+COST_WEIGHT = {"macs": 0.0, "params": 0.0, "latency": 0.5}
 _ROUNDS = 4
 
 
@@ -133,7 +136,8 @@ def plan_with_budget(
     predicted_target = wanted
     best: tuple[float, Plan, float, float] | None = None
     for round_ in range(_ROUNDS):
-        removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target)
+        removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target,
+                                              cost_weight=COST_WEIGHT[budget.kind])
         if predicted > predicted_target * (1 + 1e-9) and round_ == 0:
             raise PlanError(
                 f"the {budget.kind} budget {budget.target:g} cannot be met: the smallest plan allowed by the scope "
