@@ -79,7 +79,8 @@ class CostModel:
 
     def term_value(self, i: int, removed: Mapping[int, int]) -> float:
         term = self.terms[i]
-        return float(term.fn({d: self.kept(term.tensor, d, removed) for d in term.dims}))
+        # A dim no group indexes (a stem conv's image channels) keeps its dense size: the term's default.
+        return float(term.fn({d: self.kept(term.tensor, d, removed) for d in term.dims if (term.tensor, d) in self._length}))
 
     def total(self, removed: Mapping[int, int]) -> float:
         return self.constant + sum(self.term_value(i, removed) for i in range(len(self.terms)))

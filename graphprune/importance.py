@@ -53,7 +53,7 @@ def _check_choice(value: Any, choices: tuple[Any, ...], what: str) -> None:
         raise InputError(f"unknown {what} {value!r}", hint=f"use one of {list(choices)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Criterion:
     """Base of the built-in criteria: per-member channel scores, normalised, then reduced over members.
 
