@@ -147,8 +147,11 @@ class Magnitude(Criterion):
         for member in group.members:
             if member.use.role not in Role.WEIGHTS:
                 continue
-            rows_of = _slices(tensors[member.use.tensor], member.use.dim)
-            powered = (rows_of.abs() ** self.p).sum(dim=1).double().cpu().numpy()
+            tensor = tensors[member.use.tensor].detach()
+            others = [d for d in range(tensor.ndim) if d != member.use.dim]
+            # One fused reduction over the other dims: no copy of a large (classifier) weight.
+            norms = torch.linalg.vector_norm(tensor.float(), ord=self.p, dim=others) if others else tensor.float().abs()
+            powered = norms.double().cpu().numpy() ** self.p
             summed, covered = _per_channel(member, powered, group.size, "sum")
             rows.append((summed ** (1.0 / self.p), covered))
         return rows

@@ -138,7 +138,9 @@ def plan_with_budget(
     for round_ in range(_ROUNDS):
         removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target,
                                               cost_weight=COST_WEIGHT[budget.kind])
-        if predicted > predicted_target * (1 + 1e-9) and round_ == 0:
+        # Counts are predicted exactly enough to refuse an impossible MACs or parameter budget up front;
+        # a latency prediction is not, so the smallest plan is measured instead.
+        if predicted > predicted_target * (1 + 1e-9) and round_ == 0 and budget.kind != "latency":
             raise PlanError(
                 f"the {budget.kind} budget {budget.target:g} cannot be met: the smallest plan allowed by the scope "
                 f"is predicted at {predicted / dense:.3f} of dense",
