@@ -16,11 +16,17 @@ from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceE
 from .planning import Plan
 from .registry import Registry, default_registry
 from .stats import count_macs, count_params, measure_latency
+from .budget import Budget
+from .latency_table import Hardware
+from .plots import plot_widths
+from .sensitivity import sensitivity
+from . import importance
 
 __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask",
     "Plan", "Registry", "default_registry",
     "count_params", "count_macs", "measure_latency",
+    "Budget", "Hardware", "sensitivity", "plot_widths", "importance",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
 

@@ -29,7 +29,7 @@ import torch
 import torch.utils.benchmark as benchmark
 from torch import nn
 
-__all__ = ["Hardware", "LatencyTable", "LayerSpec", "layer_specs", "width_grid", "default_cache_path"]
+__all__ = ["Hardware", "LatencyTable", "LayerSpec", "LayerLatency", "layer_specs", "width_grid", "default_cache_path"]
 
 
 def default_cache_path() -> Path:
@@ -46,7 +46,8 @@ class Hardware:
     dtype: str = "float32"
     num_threads: int = 1
     cache: str | None = None
-    min_run_time: float = 0.05
+    min_run_time: float = 0.05  # per layer measurement
+    model_min_run_time: float = 0.5  # per whole-model measurement (dense, and each candidate plan)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -58,10 +59,10 @@ class Hardware:
             name = f"{self.device}:{torch.cuda.get_device_name(torch.device(self.device))}"
         return f"{name}|{self.dtype.removeprefix('torch.')}|threads={self.num_threads}"
 
-    def timer(self, stmt: str, glob: dict[str, Any]) -> float:
+    def timer(self, stmt: str, glob: dict[str, Any], min_run_time: float | None = None) -> float:
         """Median seconds of ``stmt`` under ``torch.utils.benchmark`` (CUDA is synchronised by the Timer)."""
         t = benchmark.Timer(stmt=stmt, globals=glob, num_threads=self.num_threads)
-        return t.blocked_autorange(min_run_time=self.min_run_time).median
+        return t.blocked_autorange(min_run_time=min_run_time or self.min_run_time).median
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ class Tiny(torch.nn.Module):
 def test_latency_plan_caches_its_table(tmp_path):
     torch.manual_seed(0)
     model, x = Tiny().eval(), torch.randn(1, 3, 32, 32)
-    hw = Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.01)
+    hw = Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.01, model_min_run_time=0.05)
     plan = graphprune.plan(model, example_inputs=x, latency=0.6, hardware=hw)
     record = plan.budget
     assert record["kind"] == "latency" and record["table_measurements"] > 0
@@ -136,7 +136,7 @@ def test_latency_budget_never_returns_a_slower_model(tmp_path, monkeypatch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = graphprune.plan(model, example_inputs=x, latency=0.5,
-                               hardware=Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.01))
+                               hardware=Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.01, model_min_run_time=0.05))
     assert plan.removed_channels == 0 and "fell back" in plan.budget["note"]
     assert any("not faster than the dense" in str(w.message) for w in caught)
 

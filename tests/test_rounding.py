@@ -45,7 +45,8 @@ def test_auto_rounding_per_device_and_dtype():
     assert resolve_round_to("auto", "cuda", "bfloat16") == 8
     assert resolve_round_to("auto", "cuda:0", "float16") == 8
     assert resolve_round_to("auto", "cuda", "float32") == 4
-    assert resolve_round_to("auto", "cpu", "float32") == 1
+    cpu = 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
+    assert resolve_round_to("auto", "cpu", "float32") == cpu
     assert resolve_round_to(None) == 1 and resolve_round_to(16) == 16
     # Planning for a CUDA bf16 deployment on a CPU-only machine: widths are multiples of 8.
     model = torchvision.models.resnet18().eval()
