@@ -20,12 +20,18 @@ from .serialize import load, save
 from .stats import count_macs, count_params, measure_latency
 from .equivalence import Verdict, verdict
 from .errors import InexactWarning
+from .budget import Budget
+from .latency_table import Hardware
+from .plots import plot_widths
+from .sensitivity import sensitivity
+from . import importance
 
 __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask", "shrink_submodule", "capture_inputs",
     "Plan", "Registry", "default_registry",
     "count_params", "count_macs", "measure_latency",
     "save", "load", "plans_of",
+    "Budget", "Hardware", "sensitivity", "plot_widths", "importance",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
 __all__ += ["verdict", "Verdict", "InexactWarning"]

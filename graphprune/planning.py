@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from .couple import ChannelGroup, Coupling, Role
 from .errors import InputError, PlanError
 from .importance import Importance
 
-__all__ = ["Member", "GroupPlan", "TensorEdit", "GraphEdit", "InputSpec", "Plan", "make_plan", "check_ratio", "model_signature"]
+__all__ = ["Member", "GroupPlan", "TensorEdit", "GraphEdit", "InputSpec", "Plan", "make_plan", "check_ratio", "model_signature", "score_group", "choose"]
 
 FORMAT_VERSION = 1
 
@@ -101,6 +102,7 @@ class Plan:
     model_signature: str = ""
     inexact: list[str] = field(default_factory=list)  # reasons of the groups that lose channels
     format_version: int = FORMAT_VERSION
+    budget: dict[str, Any] | None = None  # how the removals were chosen (target, scope, measured result)
 
     @property
     def exact(self) -> bool:
@@ -115,6 +117,10 @@ class Plan:
     def summary(self) -> str:
         """One line per group that loses channels."""
         lines = [f"{self.model}: {len(self.groups)} groups, {self.removed_channels} channels removed"]
+        if self.budget:
+            b = self.budget
+            got = f", got {b['actual_fraction']:.3f} of dense" if "actual_fraction" in b else ""
+            lines.append(f"  budget: {b['kind']} {b.get(b['kind'])}{got}{'; ' + b['note'] if 'note' in b else ''}")
         for g in self.groups:
             if g.removed:
                 lines.append(f"  group {g.id}: {g.channels} -> {g.channels - len(g.removed)} ({', '.join(g.sources[:3])}{', ...' if len(g.sources) > 3 else ''})"
@@ -194,7 +200,7 @@ def _remove_count(group: ChannelGroup, ratio: float) -> int:
     return max(0, min(wanted, group.num_prunable, group.size - 1))
 
 
-def _choose(group: ChannelGroup, scores: np.ndarray, count: int) -> list[int]:
+def choose(group: ChannelGroup, scores: np.ndarray, count: int) -> list[int]:
     candidates = np.nonzero(~group.pinned)[0]
     # Stable: ties go to the lower index, so a plan is deterministic.
     ranked = candidates[np.argsort(scores[candidates], kind="stable")]
@@ -223,12 +229,15 @@ def make_plan(
     model: torch.nn.Module,
     example_args: tuple[Any, ...],
     leaf_modules: tuple[str, ...] = (),
-    exact_only: bool = False,
+    decisions: Mapping[int, tuple[list[int], np.ndarray | None]] | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> Plan:
     """Remove ``round(ratio * size)`` of the lowest-scoring free channels of every prunable group.
 
-    With ``exact_only`` a group whose removal would be approximate (its channels feed a
-    LayerNorm's statistics) keeps all its channels, so the plan stays exact.
+    ``decisions`` (group id -> (removed channels, scores)), when given, replaces that rule: it is
+    how :mod:`graphprune.budget` hands over a plan chosen under a MACs, parameter or latency budget.
+    Groups that would be approximate (a LayerNorm's statistics) are kept whole by pinning them
+    (``plan(..., exact_only=True)``), so every planner honours it.
     """
     ratio = check_ratio(ratio)
     ctx = coupling.ctx
@@ -238,14 +247,16 @@ def make_plan(
     groups: list[GroupPlan] = []
     inexact: list[str] = []
     for group in coupling.groups:
-        count = 0 if exact_only and group.inexact else _remove_count(group, ratio)
         scores = None
         removed: list[int] = []
-        if count:
-            scores = np.asarray(importance(group, tensors), dtype=np.float64)
-            if scores.shape != (group.size,):
-                raise PlanError(f"the importance returned {scores.shape} scores for a group of {group.size} channels")
-            removed = _choose(group, scores, count)
+        if decisions is not None:
+            removed, scores = decisions.get(group.id, ([], None))
+            if set(removed) & set(np.nonzero(group.pinned)[0].tolist()) or len(removed) >= group.size:
+                raise PlanError(f"group {group.id}: the decision removes pinned channels or every channel")
+        elif count := _remove_count(group, ratio):
+            scores = score_group(importance, group, tensors)
+            removed = choose(group, scores, count)
+        if removed:
             removed_global[group.channel_ids[removed]] = True
             inexact.extend(r for r in group.inexact if r not in inexact)
         groups.append(
@@ -293,11 +304,22 @@ def make_plan(
         leaf_modules=list(leaf_modules),
         model_signature=model_signature(model),
         inexact=inexact,
+        budget=budget,
     )
 
 
 def _node_named(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node | None:
     return next((n for n in gm.graph.nodes if n.name == name), None)
+
+
+def score_group(importance: Importance, group: ChannelGroup, tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """The scorer's scores for ``group``, checked: one finite float per channel."""
+    scores = np.asarray(importance(group, tensors), dtype=np.float64)
+    if scores.shape != (group.size,):
+        raise PlanError(f"the importance returned {scores.shape} scores for a group of {group.size} channels")
+    if not np.all(np.isfinite(scores)):
+        raise PlanError(f"the importance returned non-finite scores for the group of {', '.join(group.sources[:3])}")
+    return scores
 
 
 def _kept_along(kept: np.ndarray, axis: int, node: torch.fx.Node | None = None) -> int:
