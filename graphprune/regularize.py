@@ -64,6 +64,7 @@ class _Slice:
     positions: torch.Tensor
     channels: torch.Tensor
     group: int
+    penalised: torch.Tensor  # bool per position: does the channel at this position carry the penalty?
 
     def _index(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.positions.to(self.param.device), self.channels.to(self.param.device)
@@ -114,12 +115,11 @@ class _ChannelRegularizer(ABC):
                     raise InputError(f"{member.use.tensor} has {param.shape[member.use.dim]} entries along dim "
                                      f"{member.use.dim}, the coupling expects {len(member.use.atoms)}",
                                      hint="build the coupling from this model")
-                keep = selected[group.id][member.channels]
-                if keep.any():
-                    self._slices.append(_Slice(member.use.tensor, param, member.use.dim,
-                                               torch.as_tensor(member.positions[keep]),
-                                               torch.as_tensor(member.channels[keep]), group.id))
-        if not self._slices:
+                # Unselected channels of the group are tracked too, so norms() reports the whole group.
+                self._slices.append(_Slice(member.use.tensor, param, member.use.dim,
+                                           torch.as_tensor(member.positions), torch.as_tensor(member.channels),
+                                           group.id, torch.as_tensor(selected[group.id][member.channels])))
+        if not any(bool(s.penalised.any()) for s in self._slices):
             raise InputError(f"{type(self).__name__} found no trainable {'/'.join(self.roles)} parameters "
                              "in the selected channels", hint="is there anything to regularise in this model?")
         self._param_ids = {id(s.param) for s in self._slices}
@@ -179,7 +179,7 @@ class _ChannelRegularizer(ABC):
         return out
 
     def norms(self) -> dict[int, torch.Tensor]:
-        """Per group id, each channel's L2 norm over the regularised slices (0 for unselected channels)."""
+        """Per group id with a selected channel, each channel's L2 norm over the regularised roles' slices."""
         with torch.no_grad():
             return {gid: sq.sqrt() for gid, sq in self._squares().items()}
 
@@ -203,7 +203,8 @@ class GroupLasso(_ChannelRegularizer):
     roles = Role.MASKED
 
     def _penalty(self) -> torch.Tensor:
-        total = [((sq + _EPS).sqrt() - _EPS ** 0.5).sum() for sq in self._squares().values()]
+        total = [(((sq + _EPS).sqrt() - _EPS ** 0.5) * self.selected[gid].to(sq.device)).sum()
+                 for gid, sq in self._squares().items()]
         return torch.stack(total).sum()
 
     def prox_step(self, lr: float) -> None:
@@ -224,7 +225,7 @@ class BNScaleL1(_ChannelRegularizer):
     roles = (Role.NORM,)
 
     def _penalty(self) -> torch.Tensor:
-        return torch.stack([s.per_position(torch.abs).sum() for s in self._slices]).sum()
+        return torch.stack([s.per_position(torch.abs)[s.penalised.to(s.param.device)].sum() for s in self._slices]).sum()
 
     def prox_step(self, lr: float) -> None:
         threshold = float(lr) * self.strength
@@ -232,7 +233,7 @@ class BNScaleL1(_ChannelRegularizer):
             for s in self._slices:
                 p = s.param
                 index = [slice(None)] * p.ndim
-                index[s.dim] = s.positions.to(p.device)
+                index[s.dim] = s.positions[s.penalised].to(p.device)
                 values = p[tuple(index)]
                 p[tuple(index)] = values.sign() * (values.abs() - threshold).clamp_min(0)
 
