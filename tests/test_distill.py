@@ -67,7 +67,7 @@ def test_no_gradient_reaches_the_teacher_and_bad_arguments_are_refused():
 
 def test_distill_step_teaches_the_student_and_leaves_the_teacher_alone():
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)).train()
+    teacher = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 4)).train()  # in eval mode, a linear map
     student = nn.Linear(6, 4)
     state = {k: v.clone() for k, v in teacher.state_dict().items()}
     opt = torch.optim.SGD(student.parameters(), lr=0.5)
@@ -78,4 +78,4 @@ def test_distill_step_teaches_the_student_and_leaves_the_teacher_alone():
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in state.items())
     with torch.no_grad():
         agree = (student(x).argmax(1) == teacher.eval()(x).argmax(1)).float().mean()
-    assert agree > 0.9
+    assert agree > 0.95
