@@ -19,12 +19,14 @@ from .stats import count_macs, count_params, measure_latency
 from .workflow import StepRecord, iterative, ratio_for_macs
 from .regularize import BNScaleL1, GroupLasso
 from .distill import distillation_loss, distill_step
+from . import distributed
 
 __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask",
     "Plan", "Registry", "default_registry",
     "count_params", "count_macs", "measure_latency",
     "iterative", "StepRecord", "ratio_for_macs", "GroupLasso", "BNScaleL1", "distillation_loss", "distill_step",
+    "distributed",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
 
