@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 
 from .api import analyze, apply, plan
 from .errors import InputError
-from .importance import Importance
+from .importance import Importance, resolve_importance
+from .planning import make_plan
 from .registry import Registry
 from .stats import count_macs, count_params
 from .trace import default_example_inputs
@@ -76,7 +77,7 @@ def prunable_channels(model: nn.Module, *, example_inputs: Any = None, ignore: I
 
 def ratio_for_macs(model: nn.Module, macs: float, *, example_inputs: Any = None, importance: str | Importance = "l2",
                    ignore: Iterable[Any] = (), rules: Registry | None = None, leaf_modules: Iterable[str] = (),
-                   iterations: int = 12) -> float:
+                   iterations: int = 10) -> float:
     """The smallest ratio at which ``shrink(model, ratio)`` keeps at most ``macs`` of the model's MACs.
 
     Bisection over the ratio (MACs do not grow as the ratio grows), each probe a real plan, apply and
@@ -87,10 +88,14 @@ def ratio_for_macs(model: nn.Module, macs: float, *, example_inputs: Any = None,
     inputs = example_inputs if example_inputs is not None else default_example_inputs(model)
     dense = count_macs(model, inputs)
     goal = macs * dense
-    options = dict(example_inputs=inputs, importance=importance, ignore=ignore, rules=rules, leaf_modules=leaf_modules)
+    # One trace for every probe: the coupling does not depend on the ratio.
+    coupling = analyze(model, example_inputs=inputs, ignore=ignore, rules=rules, leaf_modules=leaf_modules)
+    name, scorer = resolve_importance(importance)
 
     def macs_at(ratio: float) -> int:
-        return count_macs(apply(model, plan(model, ratio, **options), example_inputs=inputs, rules=rules), inputs)
+        probe = make_plan(coupling, ratio, scorer, importance_name=name, model=model,
+                          example_args=coupling.example_args, leaf_modules=coupling.leaf_modules)
+        return count_macs(apply(model, probe, example_inputs=inputs, rules=rules), inputs)
 
     if dense <= goal:
         return 0.0
