@@ -28,7 +28,7 @@ moves the model towards that plan before it is applied.
 >>> round(reg(net).item(), 4)  # 4 channels, each: sqrt(3 producer + 2 consumer entries of 1.0), times 0.5
 4.4721
 >>> reg.prox_step(lr=10.0)  # a large step: every channel's norm is below lr * strength
->>> float(net[0].weight.abs().sum())
+>>> net[0].weight.abs().sum().item()
 0.0
 """
 
