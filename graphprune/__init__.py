@@ -16,7 +16,12 @@ from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceE
 from .planning import Plan
 from .registry import Registry, default_registry
 from .stats import count_macs, count_params, measure_latency
-from .workflow import StepRecord, iterative, ratio_for_macs
+from .budget import Budget
+from .latency_table import Hardware
+from .plots import plot_widths
+from .sensitivity import sensitivity
+from . import importance
+from .workflow import StepRecord, iterative, ratio_for_macs, recalibrate_batchnorm
 from .regularize import BNScaleL1, GroupLasso
 from .distill import distillation_loss, distill_step
 from . import distributed
@@ -25,7 +30,8 @@ __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask",
     "Plan", "Registry", "default_registry",
     "count_params", "count_macs", "measure_latency",
-    "iterative", "StepRecord", "ratio_for_macs", "GroupLasso", "BNScaleL1", "distillation_loss", "distill_step",
+    "Budget", "Hardware", "sensitivity", "plot_widths", "importance",
+    "iterative", "StepRecord", "ratio_for_macs", "recalibrate_batchnorm", "GroupLasso", "BNScaleL1", "distillation_loss", "distill_step",
     "distributed",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]

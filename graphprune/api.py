@@ -11,18 +11,23 @@ torch.Size([1, 1000])
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
+
+from .budget import Budget
 
 from .couple import Coupling, couple
 from .equivalence import verify
 from .errors import InputError
-from .importance import Importance, resolve_importance
-from .planning import Plan, check_ratio, make_plan
+from .importance import Importance, bind_importance, resolve_importance
+from .latency_table import Hardware
+from .planning import Plan, make_plan
 from .registry import Registry, default_registry
 from .rewrite import apply_plan
+from .targets import plan_with_budget
 from .trace import trace
 
 __all__ = ["analyze", "plan", "apply", "shrink", "verify"]
@@ -50,32 +55,53 @@ def analyze(
     return coupling
 
 
+def _budget(ratio: float | None, macs: float | None, params: float | None, latency: float | None,
+            overrides: Mapping[str, float] | None, max_ratio: float | None, round_to: int | str | None) -> Budget:
+    return Budget(ratio=ratio, macs=macs, params=params, latency=latency, overrides=dict(overrides or {}),
+                  max_ratio=max_ratio, round_to=round_to)
+
+
 def plan(
     model: nn.Module,
-    ratio: float,
+    ratio: float | None = None,
     *,
+    macs: float | None = None,
+    params: float | None = None,
+    latency: float | None = None,
+    overrides: Mapping[str, float] | None = None,
+    max_ratio: float | None = None,
+    round_to: int | str | None = None,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    hardware: Hardware | None = None,
     example_inputs: Any = None,
     importance: str | Importance = "l2",
     ignore: Iterable[str | nn.Module] = (),
     rules: Registry | None = None,
     leaf_modules: Iterable[str] = (),
 ) -> Plan:
-    """Decide which channels to remove: ``round(ratio * size)`` of every prunable group.
+    """Decide which channels to remove.
+
+    Give one target: ``ratio`` removes ``round(ratio * size)`` of every prunable group;
+    ``macs``, ``params`` or ``latency`` (fractions of the dense model) rank channels globally
+    and keep the most important ones that fit (see :mod:`graphprune.budget`). ``overrides``
+    ({fnmatch pattern on producer module names: ratio}), ``max_ratio`` and ``round_to`` (an
+    int, or ``"auto"`` for ``device``/``dtype``) scope the decision. Latency is measured on
+    ``device`` in ``dtype`` (or as ``hardware`` says: threads, cache file).
 
     The model's inputs and output shapes never change; every group keeps at least one channel.
     ``ignore`` lists modules (names or objects) whose tensors keep their shape.
     """
     _check_model(model)
-    ratio = check_ratio(ratio)
+    budget = _budget(ratio, macs, params, latency, overrides, max_ratio, round_to)
     name, scorer = resolve_importance(importance)
     coupling = analyze(model, example_inputs=example_inputs, ignore=ignore, rules=rules, leaf_modules=leaf_modules)
-    return make_plan(
-        coupling, ratio, scorer,
-        importance_name=name,
-        model=model,
-        example_args=coupling.example_args,
-        leaf_modules=coupling.leaf_modules,
-    )
+    scorer = bind_importance(scorer, coupling)
+    if budget.kind == "ratio" and not budget.overrides and budget.max_ratio is None and budget.round_to is None:  # the plain uniform ratio: today's planner, unchanged
+        return make_plan(coupling, budget.ratio, scorer, importance_name=name, model=model,
+                         example_args=coupling.example_args, leaf_modules=coupling.leaf_modules)
+    hw = hardware or Hardware(device=str(device), dtype=str(dtype).removeprefix("torch."))
+    return plan_with_budget(model, coupling, scorer, budget, importance_name=name, hardware=hw, rules=rules)
 
 
 def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inplace: bool = False,
@@ -91,7 +117,7 @@ def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inplace: 
 
 def shrink(
     model: nn.Module,
-    ratio: float,
+    ratio: float | None = None,
     *,
     example_inputs: Any = None,
     importance: str | Importance = "l2",
@@ -99,12 +125,22 @@ def shrink(
     inplace: bool = False,
     rules: Registry | None = None,
     leaf_modules: Iterable[str] = (),
+    **budget: Any,
 ) -> nn.Module:
-    """Remove ``ratio`` of the channels of every prunable group and return the smaller model.
+    """Prune ``model`` to a target and return the smaller model: ``shrink(model, 0.5)`` removes half of
+    every group's channels; ``shrink(model, macs=0.5)``, ``params=0.4`` or ``latency=0.5`` meet a
+    budget. The budget keywords are :func:`plan`'s (``overrides``, ``max_ratio``, ``round_to``,
+    ``device``, ``dtype``, ``hardware``).
 
     Equivalent to ``apply(model, plan(model, ratio, ...))``.
     """
+    unknown = set(budget) - _BUDGET_KEYWORDS
+    if unknown:
+        raise InputError(f"shrink() got unexpected keyword arguments {sorted(unknown)}",
+                         hint=f"budget keywords are {sorted(_BUDGET_KEYWORDS)}")
     the_plan = plan(model, ratio, example_inputs=example_inputs, importance=importance, ignore=ignore,
-                    rules=rules, leaf_modules=leaf_modules)
+                    rules=rules, leaf_modules=leaf_modules, **budget)
     return apply(model, the_plan, example_inputs=example_inputs, inplace=inplace, rules=rules)
 
+
+_BUDGET_KEYWORDS = frozenset({"macs", "params", "latency", "overrides", "max_ratio", "round_to", "device", "dtype", "hardware"})

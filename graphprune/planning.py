@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from .couple import ChannelGroup, Coupling, Role
 from .errors import InputError, PlanError
 from .importance import Importance
 
-__all__ = ["Member", "GroupPlan", "TensorEdit", "GraphEdit", "InputSpec", "Plan", "make_plan", "check_ratio", "model_signature"]
+__all__ = ["Member", "GroupPlan", "TensorEdit", "GraphEdit", "InputSpec", "Plan", "make_plan", "check_ratio", "model_signature", "score_group", "choose"]
 
 FORMAT_VERSION = 1
 
@@ -99,6 +100,7 @@ class Plan:
     leaf_modules: list[str] = field(default_factory=list)
     model_signature: str = ""
     format_version: int = FORMAT_VERSION
+    budget: dict[str, Any] | None = None  # how the removals were chosen (target, scope, measured result)
 
     # -- summaries ----------------------------------------------------------------
     @property
@@ -168,7 +170,7 @@ def _remove_count(group: ChannelGroup, ratio: float) -> int:
     return max(0, min(wanted, group.num_prunable, group.size - 1))
 
 
-def _choose(group: ChannelGroup, scores: np.ndarray, count: int) -> list[int]:
+def choose(group: ChannelGroup, scores: np.ndarray, count: int) -> list[int]:
     candidates = np.nonzero(~group.pinned)[0]
     # Stable: ties go to the lower index, so a plan is deterministic.
     ranked = candidates[np.argsort(scores[candidates], kind="stable")]
@@ -197,8 +199,14 @@ def make_plan(
     model: torch.nn.Module,
     example_args: tuple[Any, ...],
     leaf_modules: tuple[str, ...] = (),
+    decisions: Mapping[int, tuple[list[int], np.ndarray | None]] | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> Plan:
-    """Remove ``round(ratio * size)`` of the lowest-scoring free channels of every prunable group."""
+    """Remove ``round(ratio * size)`` of the lowest-scoring free channels of every prunable group.
+
+    ``decisions`` (group id -> (removed channels, scores)), when given, replaces that rule: it is
+    how :mod:`graphprune.budget` hands over a plan chosen under a MACs, parameter or latency budget.
+    """
     ratio = check_ratio(ratio)
     ctx = coupling.ctx
     tensors = {name: ctx.tensor(name) for name, _ in ctx.uses}
@@ -206,14 +214,16 @@ def make_plan(
     removed_global = np.zeros(n_channels, dtype=bool)
     groups: list[GroupPlan] = []
     for group in coupling.groups:
-        count = _remove_count(group, ratio)
         scores = None
         removed: list[int] = []
-        if count:
-            scores = np.asarray(importance(group, tensors), dtype=np.float64)
-            if scores.shape != (group.size,):
-                raise PlanError(f"the importance returned {scores.shape} scores for a group of {group.size} channels")
-            removed = _choose(group, scores, count)
+        if decisions is not None:
+            removed, scores = decisions.get(group.id, ([], None))
+            if set(removed) & set(np.nonzero(group.pinned)[0].tolist()) or len(removed) >= group.size:
+                raise PlanError(f"group {group.id}: the decision removes pinned channels or every channel")
+        elif count := _remove_count(group, ratio):
+            scores = score_group(importance, group, tensors)
+            removed = choose(group, scores, count)
+        if removed:
             removed_global[group.channel_ids[removed]] = True
         groups.append(
             GroupPlan(
@@ -257,7 +267,18 @@ def make_plan(
         output_shapes=_output_shapes(coupling),
         leaf_modules=list(leaf_modules),
         model_signature=model_signature(model),
+        budget=budget,
     )
+
+
+def score_group(importance: Importance, group: ChannelGroup, tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """The scorer's scores for ``group``, checked: one finite float per channel."""
+    scores = np.asarray(importance(group, tensors), dtype=np.float64)
+    if scores.shape != (group.size,):
+        raise PlanError(f"the importance returned {scores.shape} scores for a group of {group.size} channels")
+    if not np.all(np.isfinite(scores)):
+        raise PlanError(f"the importance returned non-finite scores for the group of {', '.join(group.sources[:3])}")
+    return scores
 
 
 def _kept_along(kept: np.ndarray, axis: int) -> int:

@@ -38,18 +38,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .api import analyze, apply, plan
+from .equivalence import _call
 from .errors import InputError
-from .importance import Importance, resolve_importance
+from .importance import Importance, bind_importance, resolve_importance
 from .planning import make_plan
 from .registry import Registry
 from .stats import count_macs, count_params
 from .trace import default_example_inputs
 
-__all__ = ["StepRecord", "iterative", "ratio_for_macs", "prunable_channels"]
+__all__ = ["StepRecord", "iterative", "ratio_for_macs", "prunable_channels", "recalibrate_batchnorm"]
 
 
 @dataclass
@@ -57,7 +59,7 @@ class StepRecord:
     """One round of :func:`iterative`. Round 0 is the dense model, as given."""
 
     step: int
-    ratio: float  # fraction of the current model's prunable channels removed in this round
+    ratio: float  # fraction of the previous round's prunable channels removed in this round
     removed: float  # cumulative fraction of the original prunable channels removed
     channels: int  # prunable channels left
     macs: int
@@ -91,6 +93,7 @@ def ratio_for_macs(model: nn.Module, macs: float, *, example_inputs: Any = None,
     # One trace for every probe: the coupling does not depend on the ratio.
     coupling = analyze(model, example_inputs=inputs, ignore=ignore, rules=rules, leaf_modules=leaf_modules)
     name, scorer = resolve_importance(importance)
+    scorer = bind_importance(scorer, coupling)  # data-driven criteria (Taylor) run their calibration once
 
     def macs_at(ratio: float) -> int:
         probe = make_plan(coupling, ratio, scorer, importance_name=name, model=model,
@@ -110,6 +113,39 @@ def ratio_for_macs(model: nn.Module, macs: float, *, example_inputs: Any = None,
         mid = (low + high) / 2
         low, high = (low, mid) if macs_at(mid) <= goal else (mid, high)
     return high
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` (inputs only), in place; returns the model.
+
+    Pruning removes input channels of later layers, so their output statistics shift and the stored
+    running mean and variance no longer match: accuracy right after pruning then mostly measures that
+    mismatch. A few forward passes (no gradient step) fix it. The statistics are the exact average
+    over the batches (momentum None); every module's mode and momentum are restored afterwards.
+
+    >>> bn = nn.BatchNorm1d(2)
+    >>> _ = recalibrate_batchnorm(nn.Sequential(bn), [torch.tensor([[1.0, 2.0], [3.0, 6.0]])])
+    >>> bn.running_mean.tolist(), bn.training
+    ([2.0, 4.0], True)
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    flags = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in norms]
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for batch in batches:
+            _call(model, batch)
+    finally:
+        for m, momentum in momenta:
+            m.momentum = momentum
+        for m, training in flags:
+            m.training = training
+    return model
 
 
 def _check_budget(steps: Any, target: Any, macs: Any) -> None:
@@ -144,6 +180,7 @@ def iterative(
     macs: float | None = None,
     floor: float | None = None,
     example_inputs: Any = None,
+    allocation: str = "uniform",
     importance: str | Importance = "l2",
     ignore: Iterable[Any] = (),
     rules: Registry | None = None,
@@ -158,12 +195,19 @@ def iterative(
     ``floor`` stops early (see the module docstring). ``verbose=None`` shows a progress bar only when
     stderr is a terminal; ``False`` silences it, ``True`` forces it.
 
+    ``allocation`` decides how a ``macs`` step spreads over the groups: ``"uniform"`` removes the same
+    fraction of every group (the smallest that meets the step's MACs mark, :func:`ratio_for_macs`);
+    ``"global"`` lets the groups compete (``graphprune.plan(model, macs=...)``, see :mod:`graphprune.budget`),
+    and lands near each mark within the planner's tolerance rather than strictly under it.
+
     Returns the final (or last accepted) model and one :class:`StepRecord` per round, round 0 first.
     ``model`` itself is never modified.
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
     _check_budget(steps, target, macs)
+    if allocation not in ("uniform", "global") or (allocation == "global" and macs is None):
+        raise InputError(f"allocation must be 'uniform', or 'global' with a macs= budget; got {allocation!r}")
     ignore, leaf_modules = tuple(ignore), tuple(leaf_modules)
     inputs = example_inputs if example_inputs is not None else default_example_inputs(model)
     structure = dict(ignore=ignore, rules=rules, leaf_modules=leaf_modules)
@@ -185,18 +229,22 @@ def iterative(
         channels = prunable_channels(current, example_inputs=inputs, **structure)
         if target is not None:
             goal = dense_channels * (1 - target) ** (step / steps)
-            ratio = min(max(1 - goal / channels, 0.0), 0.99) if channels else 0.0
+            the_plan = plan(current, min(max(1 - goal / channels, 0.0), 0.99) if channels else 0.0,
+                            example_inputs=inputs, importance=importance, **structure)
         else:
-            ratio = ratio_for_macs(current, min(1.0, macs ** (step / steps) * dense_macs / count_macs(current, inputs)),
-                                   example_inputs=inputs, importance=importance, **structure)
-        the_plan = plan(current, ratio, example_inputs=inputs, importance=importance, **structure)
+            fraction = min(1.0, macs ** (step / steps) * dense_macs / count_macs(current, inputs))
+            if allocation == "global":
+                the_plan = plan(current, macs=fraction, example_inputs=inputs, importance=importance, **structure)
+            else:
+                ratio = ratio_for_macs(current, fraction, example_inputs=inputs, importance=importance, **structure)
+                the_plan = plan(current, ratio, example_inputs=inputs, importance=importance, **structure)
         current = apply(current, the_plan, example_inputs=inputs, rules=rules)
         pruned_metric = _metric(evaluate, current)
         train(current)
         metric = _metric(evaluate, current)
         ok = floor is None or metric >= floor
         left = prunable_channels(current, example_inputs=inputs, **structure)
-        history.append(StepRecord(step, ratio, 1 - left / dense_channels if dense_channels else 0.0, left,
+        history.append(StepRecord(step, 1 - left / channels if channels else 0.0, 1 - left / dense_channels if dense_channels else 0.0, left,
                                   count_macs(current, inputs), count_params(current), pruned_metric, metric, ok,
                                   time.perf_counter() - start))
         bar.set_postfix(metric=f"{metric:.4g}", macs=f"{history[-1].macs / dense_macs:.0%}")

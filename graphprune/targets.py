@@ -1,0 +1,176 @@
+"""Plan under a :class:`~graphprune.budget.Budget`: solve, build, check against the real figure, correct.
+
+The uniform ratio is decided in one pass. A MACs, parameter or latency budget is solved by
+the greedy knapsack of :mod:`graphprune.budget` against a predicted cost, then the plan is
+applied and the shrunk model counted (MACs, parameters) or timed (latency). If the real
+figure misses the target by more than the tolerance, the predicted target is scaled by
+the miss and the plan solved again (a few rounds at most). Under a latency budget a plan
+that measures slower than the dense model is never returned: the dense plan is, with a
+warning and a note in ``plan.budget``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .budget import Budget, GroupScope, greedy_decisions, resolve_round_to, scopes, uniform_decisions
+from .costs import CostModel, Term, mac_terms, param_terms
+from .couple import Coupling
+from .errors import PlanError
+from .importance import Importance
+from .latency_table import Hardware, LatencyTable, LayerLatency, layer_specs
+from .planning import Plan, make_plan, score_group
+from .rewrite import apply_plan
+from .stats import count_macs, count_params
+
+__all__ = ["plan_with_budget", "latency_terms", "TOLERANCE", "COST_WEIGHT"]
+
+TOLERANCE = {"macs": 0.01, "params": 0.01, "latency": 0.05}
+# MACs and parameters: a global importance ranking (the most accurate plan that fits). Latency: half
+# way to the knapsack ratio, so channels whose removal buys little time are kept first.
+COST_WEIGHT = {"macs": 0.0, "params": 0.0, "latency": 0.5}
+_ROUNDS = 4
+
+
+def _order(group: Any, scores: np.ndarray) -> np.ndarray:
+    free = np.nonzero(~group.pinned)[0]
+    return free[np.argsort(scores[free], kind="stable")]
+
+
+def _decisions(scopes_: list[GroupScope], removed: dict[int, int], order: dict[int, np.ndarray],
+               scores: dict[int, np.ndarray]) -> dict[int, tuple[list[int], np.ndarray]]:
+    by_id = {s.group.id for s in scopes_}
+    return {gid: (sorted(int(c) for c in order[gid][:n]), scores[gid]) for gid, n in removed.items() if gid in by_id and n}
+
+
+def latency_terms(coupling: Coupling, hardware: Hardware, round_to: int, table: LatencyTable,
+                  dense_seconds: float) -> tuple[list[Term], float]:
+    """One term per prunable conv/linear: its measured latency at the kept widths, scaled so the dense
+    layers sum to the measured dense model (the rest of the model, norms and activations, is assumed
+    to shrink with the layers it sits between). Returns (terms, constant 0)."""
+    weights = {use.tensor for use in coupling.uses}
+    surfaces = [(spec, LayerLatency.measure(spec, table, round_to)) for spec in layer_specs(coupling.gm, weights)]
+    table.save()
+    dense_layers = sum(s(spec.in_channels, spec.out_channels) for spec, s in surfaces)
+    scale = dense_seconds / dense_layers if dense_layers > 0 else 1.0
+    terms = []
+    for spec, surface in surfaces:
+        def fn(kept: dict[int, int], surface: LayerLatency = surface, spec: Any = spec) -> float:
+            cout = kept.get(0, spec.out_channels)
+            return scale * (surface(cout, cout) if spec.depthwise else surface(kept.get(1, spec.in_channels), cout))
+
+        terms.append(Term(spec.weight, (0,) if spec.depthwise else (0, 1), fn))
+    return terms, 0.0
+
+
+def _on(model: nn.Module, args: tuple[Any, ...], hw: Hardware) -> tuple[nn.Module, tuple[Any, ...]]:
+    moved = copy.deepcopy(model).to(hw.device, hw.torch_dtype).eval()
+    return moved, tuple(a.to(hw.device, hw.torch_dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                        else a.to(hw.device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _latency(model: nn.Module, args: tuple[Any, ...], hw: Hardware) -> float:
+    moved, moved_args = _on(model, args, hw)
+    with torch.no_grad():
+        moved(*moved_args)
+        return hw.timer("model(*args)", {"model": moved, "args": moved_args}, hw.model_min_run_time)
+
+
+def plan_with_budget(
+    model: nn.Module,
+    coupling: Coupling,
+    scorer: Importance,
+    budget: Budget,
+    *,
+    importance_name: str,
+    hardware: Hardware | None = None,
+    rules: Any = None,
+) -> Plan:
+    """The plan that meets ``budget``; ``plan.budget`` records the target, the scope and the result."""
+    hw = hardware or Hardware()
+    # Off-grid widths can run slower than wider aligned ones, so a latency budget rounds by default.
+    round_to = resolve_round_to("auto" if budget.kind == "latency" and budget.round_to is None else budget.round_to,
+                                hw.device, hw.dtype)
+    scopes_ = scopes(coupling, budget, round_to)
+    tensors = {use.tensor: coupling.ctx.tensor(use.tensor) for use in coupling.uses}
+    record: dict[str, Any] = {**budget.to_dict(), "kind": budget.kind, "round_to_resolved": round_to}
+    build: Callable[[dict[int, tuple[list[int], np.ndarray]], dict[str, Any]], Plan] = lambda decisions, rec: make_plan(
+        coupling, budget.ratio or 0.0, scorer, importance_name=importance_name, model=model,
+        example_args=coupling.example_args, leaf_modules=coupling.leaf_modules, decisions=decisions, budget=rec)
+
+    if budget.kind == "ratio":
+        removed = uniform_decisions(scopes_, budget.ratio)
+        scores = {gid: score_group(scorer, next(s.group for s in scopes_ if s.group.id == gid), tensors) for gid in removed}
+        order = {gid: _order(next(s.group for s in scopes_ if s.group.id == gid), sc) for gid, sc in scores.items()}
+        return build(_decisions(scopes_, removed, order, scores), record)
+
+    scores = {s.group.id: score_group(scorer, s.group, tensors) for s in scopes_}
+    order = {s.group.id: _order(s.group, scores[s.group.id]) for s in scopes_}
+    args = coupling.example_args
+    if budget.kind == "params":
+        terms, constant, dense = param_terms(coupling)
+
+        def real(shrunk: nn.Module) -> float:
+            return float(count_params(shrunk))
+    elif budget.kind == "macs":
+        terms, constant, dense = mac_terms(coupling, model, args)
+
+        def real(shrunk: nn.Module) -> float:
+            return float(count_macs(shrunk, args))
+    else:
+        table = LatencyTable(hw)
+        dense = _latency(model, args, hw)
+        terms, constant = latency_terms(coupling, hw, round_to, table, dense)
+        record["table_measurements"] = table.measured
+
+        def real(shrunk: nn.Module) -> float:
+            return _latency(shrunk, args, hw)
+
+    cost = CostModel(coupling, order, terms, constant)
+    wanted = budget.target * dense
+    predicted_target = wanted
+    best: tuple[float, Plan, float, float] | None = None
+    for round_ in range(_ROUNDS):
+        removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target,
+                                              cost_weight=COST_WEIGHT[budget.kind])
+        # Counts are predicted exactly enough to refuse an impossible MACs or parameter budget up front;
+        # a latency prediction is not, so the smallest plan is measured instead.
+        if predicted > predicted_target * (1 + 1e-9) and round_ == 0 and budget.kind != "latency":
+            raise PlanError(
+                f"the {budget.kind} budget {budget.target:g} cannot be met: the smallest plan allowed by the scope "
+                f"is predicted at {predicted / dense:.3f} of dense",
+                hint="raise max_ratio, relax overrides or ignore fewer modules",
+            )
+        plan = build(_decisions(scopes_, removed, order, scores), {})
+        shrunk = apply_plan(model, plan, rules=rules)
+        actual = real(shrunk)
+        miss = abs(actual / wanted - 1)
+        if best is None or miss < best[0]:
+            best = (miss, plan, predicted, actual)
+        if miss <= TOLERANCE[budget.kind]:
+            break
+        predicted_target *= wanted / actual
+    assert best is not None
+    _, plan, predicted, actual = best
+    record.update({"dense": dense, "requested": wanted, "predicted": predicted, "actual": actual,
+                   "actual_fraction": actual / dense, "rounds": round_ + 1})
+    if budget.kind == "latency":
+        # Dense and pruned timed back to back, so a load change on the machine cannot fake a speed-up.
+        dense = min(dense, real(model))
+        actual = min(actual, real(apply_plan(model, plan, rules=rules)))
+        record.update({"dense": dense, "actual": actual, "actual_fraction": actual / dense})
+    if budget.kind == "latency" and actual >= dense:
+        warnings.warn(f"the latency-budget plan measured {actual * 1e3:.3f} ms, not faster than the dense "
+                      f"{dense * 1e3:.3f} ms: returning the dense plan", stacklevel=3)
+        record["note"] = "fell back to the dense model: no pruned plan measured faster"
+        plan = build({}, {})
+        record["actual"], record["actual_fraction"] = dense, 1.0
+    plan.budget = record
+    return plan

@@ -1,0 +1,154 @@
+"""Budgets: MACs and parameter targets met within 2% (counted on the shrunk model), scopes, latency planning."""
+
+import json
+import warnings
+
+import pytest
+import torch
+import torchvision
+
+import graphprune
+from graphprune.errors import InputError, PlanError
+from graphprune.latency_table import Hardware
+
+MODELS = {
+    "resnet18": torchvision.models.resnet18,
+    "mobilenet_v2": torchvision.models.mobilenet_v2,
+    "vgg11": torchvision.models.vgg11,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("kind,target", [("macs", 0.5), ("params", 0.4)])
+def test_global_budget_within_two_percent(name, kind, target):
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x = torch.randn(1, 3, 64, 64)
+    plan = graphprune.plan(model, example_inputs=x, **{kind: target})
+    shrunk = graphprune.apply(model, plan)
+    count = (lambda m: graphprune.count_macs(m, x)) if kind == "macs" else graphprune.count_params
+    achieved = count(shrunk) / count(model)
+    assert abs(achieved - target) <= 0.02 * target, achieved
+    assert plan.budget["kind"] == kind and plan.budget[kind] == target
+    assert plan.budget["actual_fraction"] == pytest.approx(achieved)
+    if name != "vgg11":  # its 120M-parameter classifier makes the masked copy slow; test_models covers it
+        assert graphprune.verify(model, plan, shrunk, x) <= 1e-4
+    # Global ranking is not uniform: groups lose different fractions.
+    fractions = {round(len(g.removed) / g.channels, 2) for g in plan.groups if g.removed}
+    assert len(fractions) > 1
+
+
+def test_budget_plan_replays_from_json():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    plan = graphprune.plan(model, example_inputs=x, macs=0.6, round_to=4)
+    again = graphprune.Plan.from_json(plan.to_json())
+    assert again.budget == json.loads(json.dumps(plan.budget))
+    a, b = graphprune.apply(model, plan), graphprune.apply(model, again)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_overrides_and_ignore_fix_groups():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    plan = graphprune.plan(model, 0.5, example_inputs=x, overrides={"layer1.*": 0.0, "layer4.0.conv1": 0.25})
+    by_source = {s: g for g in plan.groups for s in g.sources}
+    assert not by_source["layer1_0_conv1"].removed and not by_source["layer1_1_conv1"].removed
+    assert len(by_source["layer4_0_conv1"].removed) == 128
+    assert len(by_source["layer3_0_conv1"].removed) == 128
+    # Under a global budget the overridden groups are fixed and the rest compete.
+    plan = graphprune.plan(model, example_inputs=x, macs=0.5, overrides={"layer1.*": 0.0})
+    by_source = {s: g for g in plan.groups for s in g.sources}
+    assert not by_source["layer1_0_conv1"].removed
+    assert abs(plan.budget["actual_fraction"] - 0.5) <= 0.01
+
+
+def test_max_ratio_caps_every_group():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    plan = graphprune.plan(model, example_inputs=x, macs=0.4, max_ratio=0.6)
+    assert all(len(g.removed) <= 0.6 * g.channels for g in plan.groups)
+    assert abs(plan.budget["actual_fraction"] - 0.4) <= 0.008
+    plan = graphprune.plan(model, 0.9, example_inputs=x, max_ratio=0.5)
+    assert max(len(g.removed) / g.channels for g in plan.groups) == 0.5
+    with pytest.raises(PlanError, match="cannot be met"):
+        graphprune.plan(model, example_inputs=x, macs=0.1, max_ratio=0.2)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"ratio": 0.5, "macs": 0.5}, "exactly one"),
+    ({}, "exactly one"),
+    ({"macs": 1.5}, "macs must be a fraction"),
+    ({"params": 0}, "params must be a fraction"),
+    ({"ratio": 0.5, "overrides": {"layer1.*": 1.0}}, "every channel"),
+    ({"ratio": 0.5, "round_to": 0}, "round_to"),
+    ({"ratio": 0.5, "max_ratio": 2}, "max_ratio"),
+])
+def test_bad_budgets_are_refused(kwargs, match):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    with pytest.raises(InputError, match=match):
+        graphprune.plan(model, example_inputs=torch.randn(1, 3, 8, 8), **kwargs)
+    with pytest.raises(InputError, match="unexpected keyword"):
+        graphprune.shrink(model, 0.5, example_inputs=torch.randn(1, 3, 8, 8), mac=0.5)
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+            torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU(),
+        )
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.pool(self.body(x)), 1))
+
+
+def test_latency_plan_caches_its_table(tmp_path):
+    torch.manual_seed(0)
+    model, x = Tiny().eval(), torch.randn(1, 3, 32, 32)
+    hw = Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.01, model_min_run_time=0.05)
+    plan = graphprune.plan(model, example_inputs=x, latency=0.6, hardware=hw)
+    record = plan.budget
+    assert record["kind"] == "latency" and record["table_measurements"] > 0
+    assert {"dense", "predicted", "actual", "requested"} <= set(record)
+    entries = json.loads((tmp_path / "lat.json").read_text())
+    assert len(entries) == record["table_measurements"]
+    assert all(k.startswith(hw.key_prefix()) for k in entries)
+    again = graphprune.plan(model, example_inputs=x, latency=0.6, hardware=hw)
+    assert again.budget["table_measurements"] == 0  # every layer width came from the cache
+    assert graphprune.verify(model, plan, graphprune.apply(model, plan), x) <= 1e-4
+
+
+def test_latency_budget_never_returns_a_slower_model(tmp_path, monkeypatch):
+    import graphprune.targets as targets
+
+    model, x = Tiny().eval(), torch.randn(1, 3, 16, 16)
+    dense_params = graphprune.count_params(model)
+
+    def slower_when_pruned(m, args, hw):  # a device on which every pruned model runs slower
+        return 1.0 if graphprune.count_params(m) == dense_params else 2.0
+
+    monkeypatch.setattr(targets, "_latency", slower_when_pruned)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = graphprune.plan(model, example_inputs=x, latency=0.5,
+                               hardware=Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.01, model_min_run_time=0.05))
+    assert plan.removed_channels == 0 and "fell back" in plan.budget["note"]
+    assert any("not faster than the dense" in str(w.message) for w in caught)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [0.75, 0.5])
+def test_latency_target_within_ten_percent(tmp_path, target):
+    torch.set_num_threads(1)
+    model, x = torchvision.models.resnet18().eval(), torch.randn(1, 3, 128, 128)
+    hw = Hardware(cache=str(tmp_path / "lat.json"))
+    plan = graphprune.plan(model, example_inputs=x, latency=target, hardware=hw)
+    shrunk = graphprune.apply(model, plan)
+    dense = graphprune.measure_latency(model, x, min_run_time=2)
+    measured = graphprune.measure_latency(shrunk, x, min_run_time=2)
+    assert abs(measured / dense - target) <= 0.1 * target
