@@ -208,7 +208,10 @@ def iterative(
     _check_budget(steps, target, macs)
     if allocation not in ("uniform", "global") or (allocation == "global" and macs is None):
         raise InputError(f"allocation must be 'uniform', or 'global' with a macs= budget; got {allocation!r}")
-    ignore, leaf_modules = tuple(ignore), tuple(leaf_modules)
+    # Each round works on a copy, so ignored modules are tracked by name, not by object.
+    name_of = {id(m): name for name, m in model.named_modules()}
+    ignore = tuple(name_of.get(id(i), i) if isinstance(i, nn.Module) else i for i in ignore)
+    leaf_modules = tuple(leaf_modules)
     inputs = example_inputs if example_inputs is not None else default_example_inputs(model)
     structure = dict(ignore=ignore, rules=rules, leaf_modules=leaf_modules)
 
@@ -244,7 +247,8 @@ def iterative(
         metric = _metric(evaluate, current)
         ok = floor is None or metric >= floor
         left = prunable_channels(current, example_inputs=inputs, **structure)
-        history.append(StepRecord(step, 1 - left / channels if channels else 0.0, 1 - left / dense_channels if dense_channels else 0.0, left,
+        history.append(StepRecord(step, 1 - left / channels if channels else 0.0,
+                                  1 - left / dense_channels if dense_channels else 0.0, left,
                                   count_macs(current, inputs), count_params(current), pruned_metric, metric, ok,
                                   time.perf_counter() - start))
         bar.set_postfix(metric=f"{metric:.4g}", macs=f"{history[-1].macs / dense_macs:.0%}")

@@ -97,6 +97,13 @@ def test_first_round_below_the_floor_returns_a_copy_of_the_dense_model():
     assert small is not model and fingerprint(small) == fingerprint(model)
 
 
+def test_ignored_modules_stay_whole_in_every_round():
+    model = _net()
+    small, _ = graphprune.iterative(model, steps=2, target=0.5, ignore=[model[4]], train=lambda m: None,
+                                    evaluate=lambda m: 1.0, example_inputs=X, verbose=False)
+    assert small[3].out_channels == 32 and small[0].out_channels < 32
+
+
 def test_dense_model_below_the_floor_is_refused():
     with pytest.raises(graphprune.InputError, match="below floor"):
         graphprune.iterative(_net(), steps=2, target=0.5, train=lambda m: None, evaluate=lambda m: 0.1, floor=0.5,
