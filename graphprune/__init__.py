@@ -25,6 +25,10 @@ from .latency_table import Hardware
 from .plots import plot_widths
 from .sensitivity import sensitivity
 from . import importance
+from .workflow import StepRecord, iterative, ratio_for_macs, recalibrate_batchnorm
+from .regularize import BNScaleL1, GroupLasso
+from .distill import distillation_loss, distill_step
+from . import distributed
 
 __all__ = [
     "shrink", "plan", "apply", "verify", "analyze", "mask", "shrink_submodule", "capture_inputs",
@@ -32,6 +36,8 @@ __all__ = [
     "count_params", "count_macs", "measure_latency",
     "save", "load", "plans_of",
     "Budget", "Hardware", "sensitivity", "plot_widths", "importance",
+    "iterative", "StepRecord", "ratio_for_macs", "recalibrate_batchnorm", "GroupLasso", "BNScaleL1", "distillation_loss", "distill_step",
+    "distributed",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
 __all__ += ["verdict", "Verdict", "InexactWarning"]
