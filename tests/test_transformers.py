@@ -159,9 +159,9 @@ def test_softmax_over_channels_pins_them():
 class TinyMHA(nn.Module):
     """A class token expanded with a literal width, and nn.MultiheadAttention on a residual stream."""
 
-    def __init__(self, need_weights=False):
+    def __init__(self, need_weights=False, return_weights=False):
         super().__init__()
-        self.need_weights = need_weights
+        self.need_weights, self.return_weights = need_weights, return_weights
         self.embed = nn.Linear(5, 16)
         self.cls = nn.Parameter(torch.randn(1, 1, 16))
         self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
@@ -170,8 +170,9 @@ class TinyMHA(nn.Module):
     def forward(self, x):
         x = self.embed(x)
         x = torch.cat([self.cls.expand(x.shape[0], 1, 16), x], dim=1)
-        y, _ = self.attn(x, x, x, need_weights=self.need_weights)
-        return self.head((x + y)[:, 0])
+        y, weights = self.attn(x, x, x, need_weights=self.need_weights)
+        out = self.head((x + y)[:, 0])
+        return (out, weights) if self.return_weights else out
 
 
 def test_multihead_attention_whole_heads_tied_to_the_stream():
@@ -196,9 +197,11 @@ def test_multihead_attention_whole_heads_tied_to_the_stream():
     assert fingerprint(model) == before
 
 
-def test_multihead_attention_returning_weights_keeps_its_width():
-    groups = _groups(TinyMHA(need_weights=True), torch.randn(2, 6, 5))
-    assert groups[("embed", "cls")].pinned.all()
+def test_multihead_attention_whose_weights_are_read_keeps_its_width():
+    x = torch.randn(2, 6, 5)
+    assert _groups(TinyMHA(need_weights=True, return_weights=True), x)[("embed", "cls")].pinned.all()
+    # Computed but unused (the default need_weights=True with ``y, _ = attn(...)``): heads stay prunable.
+    assert not _groups(TinyMHA(need_weights=True), x)[("embed", "cls")].pinned.any()
 
 
 class RunTimeWidth(nn.Module):

@@ -22,6 +22,7 @@ their position dims are pinned (they are not channels).
 from __future__ import annotations
 
 import inspect
+import operator
 from typing import Any
 
 import numpy as np
@@ -54,8 +55,8 @@ def multihead_attention(ctx, node):
     """``nn.MultiheadAttention`` (packed q/k/v weights): whole heads, each paired with a slice of the embedding.
 
     Query, key and value are read through the same ``in_proj_weight`` columns, so their
-    channels are joined. Averaged attention weights (``need_weights=True``) would change
-    with the head count, so they pin the layer.
+    channels are joined. Attention weights (``need_weights=True``) averaged over heads would
+    change with the head count, so when anything reads them they pin the layer.
     """
     m = ctx.module(node)
     if not m._qkv_same_embed_dim:
@@ -67,7 +68,7 @@ def multihead_attention(ctx, node):
     meta = node.meta.get("tensor_meta")
     weights_meta = meta[1] if isinstance(meta, (tuple, list)) else None
     outputs = [None, None if weights_meta is None else ChannelMap()]
-    if any(a is None for a in atoms) or weights_meta is not None:
+    if any(a is None for a in atoms) or (weights_meta is not None and _weights_used(node)):
         for a in atoms:
             if a is not None:
                 ctx.pin(a, "MultiheadAttention whose width cannot change (an input without channels, or returned attention weights)")
@@ -89,6 +90,16 @@ def multihead_attention(ctx, node):
     ctx.use_tensor(out, "bias", 0, embed, Role.BIAS)
     outputs[0] = ChannelMap.single(last, embed)
     return tuple(outputs)
+
+
+def _weights_used(node: torch.fx.Node) -> bool:
+    """Whether anything reads the attention weights (output 1), rather than only the attention output."""
+    for user in node.users:
+        if user.op != "call_function" or user.target is not operator.getitem or user.args[1] not in (0, 1):
+            return True  # the tuple itself escapes
+        if user.args[1] == 1 and user.users:
+            return True
+    return False
 
 
 @RULES.resizer(nn.MultiheadAttention)
