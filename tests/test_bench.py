@@ -42,3 +42,10 @@ def test_grid_and_refusals():
         run_benchmark(pair, (3, 8, 8), [Config("cpu", 1, "float32", False, "fast")])
     with pytest.raises(graphprune.InputError, match="unknown dtype"):
         run_benchmark(pair, (3, 8, 8), [Config("cpu", 1, "float42", False, "eager")])
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels: about a minute on one core
+def test_compile_mode_times_compiled_models():
+    rows = run_benchmark({"m": (_net(16), _net(8))}, (3, 8, 8), [Config("cpu", 1, "float32", False, "compile")],
+                         min_run_time=0.01, progress=False)
+    assert rows[0].dense_ms > 0 and rows[0].shrunk_ms > 0 and rows[0].macs_reduction == pytest.approx(2, rel=0.1)
