@@ -110,6 +110,10 @@ class Plan:
     def summary(self) -> str:
         """One line per group that loses channels."""
         lines = [f"{self.model}: {len(self.groups)} groups, {self.removed_channels} channels removed"]
+        if self.budget:
+            b = self.budget
+            got = f", got {b['actual_fraction']:.3f} of dense" if "actual_fraction" in b else ""
+            lines.append(f"  budget: {b['kind']} {b.get(b['kind'])}{got}{'; ' + b['note'] if 'note' in b else ''}")
         for g in self.groups:
             if g.removed:
                 lines.append(f"  group {g.id}: {g.channels} -> {g.channels - len(g.removed)} ({', '.join(g.sources[:3])}{', ...' if len(g.sources) > 3 else ''})")
