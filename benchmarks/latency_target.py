@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
@@ -65,9 +66,9 @@ def main() -> None:
               f"{args.threads} thread(s), torch {torch.__version__}, random-init torchvision models, "
               f"widths rounded to round_to='auto' = {graphprune.budget.resolve_round_to('auto', args.device, args.dtype)}")
     lines = [header, "",
-             "| model | target | dense ms | requested ms | predicted ms | measured ms | measured / dense | GMACs (frac.) | Mparams (frac.) "
+             "| model | target | dense ms | requested ms | predicted ms | measured ms | measured / dense | in-plan paired measured / dense | load avg | GMACs (frac.) | Mparams (frac.) "
              "| uniform ratio at equal MACs (same round_to) | uniform ms | latency-aware speed-up vs uniform | plan (s) | verify |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in args.models:
         model = getattr(torchvision.models, name)().eval()
         macs0, params0 = graphprune.count_macs(model, x), graphprune.count_params(model)
@@ -91,6 +92,7 @@ def main() -> None:
             note = " (fell back to dense)" if "note" in b else ""
             lines.append(
                 f"| {name} | {target} | {d:.1f} | {target * d:.1f} | {b['predicted'] * 1e3:.1f} | {s:.1f}{note} | {s / d:.3f} "
+                f"| {b['actual_fraction']:.3f} | {os.getloadavg()[0]:.1f} "
                 f"| {macs / 1e9:.3f} ({macs / macs0:.2f}) | {params / 1e6:.2f} ({params / params0:.2f}) | {ratio:.3f} "
                 f"| {u:.1f} | {u / s:.2f}x | {seconds:.0f} | {rel:.0e} |")
             print(lines[-1], flush=True)

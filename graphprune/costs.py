@@ -56,7 +56,6 @@ class CostModel:
     terms_of_group: dict[int, list[int]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        group_of = {g.id: g for g in self.coupling.groups}
         for use in self.coupling.uses:
             self._length[(use.tensor, use.dim)] = int(use.atoms.shape[0])
         for g in self.coupling.groups:
@@ -71,7 +70,6 @@ class CostModel:
             touched = {gid for d in term.dims for gid in self._cum.get((term.tensor, d), {})}
             for gid in touched:
                 self.terms_of_group.setdefault(gid, []).append(i)
-        del group_of
 
     def kept(self, tensor: str, dim: int, removed: Mapping[int, int]) -> int:
         key = (tensor, dim)
