@@ -7,7 +7,8 @@ a fresh process (one thread) so that its peak resident memory (``resource.getrus
 seconds of one run after a warm-up on a small network: wall (``time.perf_counter``) and
 CPU (``time.process_time``, which a busy machine disturbs less).
 
-Run: python benchmarks/scale.py [--depths 100 500 2000] [--torch-pruning]
+Run: python benchmarks/scale.py [--depths 100 500 2000] [--torch-pruning [--tp-timeout 600]]
+(Torch-Pruning runs in a process of its own; ``pip install torch-pruning==1.6.1`` first.)
 """
 
 from __future__ import annotations
@@ -57,53 +58,74 @@ def _timed(fn):
     return result, time.perf_counter() - w, time.process_time() - c
 
 
-def _measure(blocks: int, torch_pruning: bool) -> dict:
-    """One depth, in this process: times of plan, apply, shrink (and Torch-Pruning), and peak RSS."""
+def _measure(blocks: int) -> dict:
+    """One depth, in this process: times of plan, apply and shrink, the proof, and peak RSS."""
     import graphprune
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
     x = torch.randn(1, 3, SIZE, SIZE)
     graphprune.shrink(DeepResNet(2), 0.5, example_inputs=x)  # warm-up: imports, fake-tensor caches
     model = DeepResNet(blocks).eval()
     row: dict = {"blocks": blocks, "params": sum(p.numel() for p in model.parameters())}
     row["nodes"] = len(torch.fx.symbolic_trace(model).graph.nodes)
-    (plan, t_plan, c_plan) = _timed(lambda: graphprune.plan(model, 0.5, example_inputs=x))
-    (shrunk, t_apply, c_apply) = _timed(lambda: graphprune.apply(model, plan))
-    (_, t_shrink, c_shrink) = _timed(lambda: graphprune.shrink(model, 0.5, example_inputs=x))
-    row.update(plan_s=t_plan, apply_s=t_apply, shrink_s=t_shrink, shrink_cpu_s=c_shrink)
+    plan, row["plan_s"], _ = _timed(lambda: graphprune.plan(model, 0.5, example_inputs=x))
+    shrunk, row["apply_s"], _ = _timed(lambda: graphprune.apply(model, plan))
+    _, row["shrink_s"], row["shrink_cpu_s"] = _timed(lambda: graphprune.shrink(model, 0.5, example_inputs=x))
     row["verify"] = graphprune.verify(model, plan, shrunk, x)
     row["kept"] = shrunk.stem.out_channels
-    if torch_pruning:
-        import torch_pruning as tp
-
-        model = DeepResNet(blocks).eval()
-
-        def prune():
-            pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
-                                          pruning_ratio=0.5, ignored_layers=[model.head])
-            pruner.step()
-
-        _, row["torch_pruning_s"], row["torch_pruning_cpu_s"] = _timed(prune)
-        row["torch_pruning_kept"] = model.stem.out_channels
     row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return row
+
+
+def _measure_torch_pruning(blocks: int) -> dict:
+    """The same network and ratio through Torch-Pruning's MetaPruner (L2 magnitude), for comparison."""
+    import torch_pruning as tp
+
+    x = torch.randn(1, 3, SIZE, SIZE)
+    model = DeepResNet(blocks).eval()
+
+    def prune():
+        pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=0.5, ignored_layers=[model.head])
+        pruner.step()
+
+    _, wall, cpu = _timed(prune)
+    return {"torch_pruning_s": wall, "torch_pruning_cpu_s": cpu, "torch_pruning_kept": model.stem.out_channels}
+
+
+def _child(blocks: int, what: str, timeout: float | None) -> dict | None:
+    cmd = [sys.executable, __file__, "--one", str(blocks), "--what", what]
+    try:
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout).stdout
+    except subprocess.TimeoutExpired:
+        return None
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _tp_cells(row: dict, timeout: float) -> str:
+    if row["torch_pruning_s"] is None:
+        return f" > {timeout:.0f} (stopped) | |"
+    return f" {row['torch_pruning_s']:.1f} | {row['torch_pruning_cpu_s']:.1f} |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", type=int, nargs="+", default=[100, 500, 2000])
     parser.add_argument("--torch-pruning", action="store_true", help="also time torch_pruning's MetaPruner (if installed)")
+    parser.add_argument("--tp-timeout", type=float, default=600, help="seconds before a Torch-Pruning run is given up")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one depth, print JSON
+    parser.add_argument("--what", default="graphprune", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(_measure(args.one, args.torch_pruning)))
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        print(json.dumps(_measure(args.one) if args.what == "graphprune" else _measure_torch_pruning(args.one)))
         return
     rows = []
     for blocks in args.depths:
-        cmd = [sys.executable, __file__, "--one", str(blocks)] + (["--torch-pruning"] if args.torch_pruning else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        row = _child(blocks, "graphprune", None)
+        if args.torch_pruning:
+            row.update(_child(blocks, "torch_pruning", args.tp_timeout) or {"torch_pruning_s": None})
+        rows.append(row)
     tp = args.torch_pruning
     print("| blocks | FX nodes | params | plan (s) | apply (s) | shrink (s) | shrink CPU (s) | CPU s per 100 blocks "
           "| peak RSS (MiB) | verify |" + (" Torch-Pruning 1.6.1 (s) | its CPU (s) |" if tp else ""))
@@ -112,7 +134,7 @@ def main() -> None:
         print(f"| {r['blocks']} | {r['nodes']} | {r['params'] / 1e6:.2f} M | {r['plan_s']:.1f} | {r['apply_s']:.1f} "
               f"| {r['shrink_s']:.1f} | {r['shrink_cpu_s']:.1f} | {100 * r['shrink_cpu_s'] / r['blocks']:.2f} "
               f"| {r['peak_rss_mib']:.0f} | {r['verify']:.1e} |"
-              + (f" {r['torch_pruning_s']:.1f} | {r['torch_pruning_cpu_s']:.1f} |" if tp else ""))
+              + (_tp_cells(r, args.tp_timeout) if tp else ""))
     by_depth = {r["blocks"]: r for r in rows}
     if 500 in by_depth and 2000 in by_depth:
         wall, cpu = (by_depth[2000][k] / by_depth[500][k] for k in ("shrink_s", "shrink_cpu_s"))

@@ -12,8 +12,8 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -288,7 +288,7 @@ def make_plan(
 
     graph_edits = []
     for shape_edit in ctx.shape_edits:
-        new = _kept_along(kept_atom[shape_edit.block.atoms], shape_edit.axis, _node_named(coupling.gm, shape_edit.node))
+        new = _kept_along(kept_atom[shape_edit.block.atoms], shape_edit.axis, lambda: _node_named(coupling.gm, shape_edit.node))
         if new != shape_edit.block.atoms.shape[shape_edit.axis]:
             graph_edits.append(GraphEdit(shape_edit.node, list(shape_edit.path), shape_edit.old, new))
 
@@ -309,6 +309,7 @@ def make_plan(
 
 
 def _node_named(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node | None:
+    """The node called ``name``; only errors look it up, so a linear scan costs nothing on the way to success."""
     return next((n for n in gm.graph.nodes if n.name == name), None)
 
 
@@ -322,7 +323,7 @@ def score_group(importance: Importance, group: ChannelGroup, tensors: Mapping[st
     return scores
 
 
-def _kept_along(kept: np.ndarray, axis: int, node: torch.fx.Node | None = None) -> int:
+def _kept_along(kept: np.ndarray, axis: int, node: Callable[[], torch.fx.Node | None] = lambda: None) -> int:
     """How many indices along ``axis`` survive; the kept set of a multi-dim block must be a grid."""
     if kept.ndim == 1:
         return int(kept.sum())
@@ -335,7 +336,7 @@ def _kept_along(kept: np.ndarray, axis: int, node: torch.fx.Node | None = None) 
     if not np.array_equal(grid, kept):
         raise PlanError(
             "the kept channels of a multi-dimensional block (heads x head_dim, groups) do not form a grid",
-            node=node,
+            node=node(),
             hint="this reshape splits channels into a grid (a channel shuffle, attention heads): keep them with "
             "ignore=[the producing module]",
         )

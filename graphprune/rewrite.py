@@ -96,8 +96,8 @@ def _get_path(container: Any, path: list[Any]) -> Any:
     return container
 
 
-def _apply_graph_edit(gm: torch.fx.GraphModule, edit: GraphEdit) -> None:
-    node = next((n for n in gm.graph.nodes if n.name == edit.node), None)
+def _apply_graph_edit(nodes: dict[str, torch.fx.Node], edit: GraphEdit) -> None:
+    node = nodes.get(edit.node)
     if node is None:
         raise PlanError(f"the plan rewrites node {edit.node!r}, which the traced model does not have")
     head, *rest = edit.path
@@ -149,8 +149,9 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inpl
 
     if plan.graph_edits:
         gm = trace(target, leaf_modules=plan.leaf_modules, propagate=False).gm
+        nodes = {n.name: n for n in gm.graph.nodes}  # one lookup table: edits scale linearly
         for edit in plan.graph_edits:
-            _apply_graph_edit(gm, edit)
+            _apply_graph_edit(nodes, edit)
         gm.graph.lint()
         gm.recompile()
         result: nn.Module = gm

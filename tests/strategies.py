@@ -14,12 +14,13 @@ activations as modules, functions and methods (including sigmoid and
 hardsigmoid, whose f(0) != 0), max/avg pooling, global pooling, residual add,
 element-wise multiply, concatenation, chunk/split, a squeeze-and-excitation
 block (a broadcast multiply), and flatten. Ops on feature vectors (N x F):
-Linear, activations, add.
+Linear, activations, add. Convolutions and Linear layers also come as F.conv2d / F.linear over
+parameters the network holds itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -118,6 +119,13 @@ class FuzzNet(nn.Module):
                 self.add_module(f"s{i}", module)
             if step.op in ("scale", "shift"):
                 self.register_parameter(f"p{i}", nn.Parameter(torch.rand(step.get("c"), 1, 1) + 0.5))
+            if step.op == "fconv":  # a conv written as F.conv2d over the model's own tensors
+                cin, cout, k, groups = (step.get(key) for key in ("cin", "cout", "k", "groups"))
+                self.register_parameter(f"p{i}", nn.Parameter(torch.randn(cout, cin // groups, k, k) * 0.3))
+                if step.get("bias"):
+                    self.register_parameter(f"b{i}", nn.Parameter(torch.randn(cout) * 0.1))
+            if step.op == "flinear":
+                self.register_parameter(f"p{i}", nn.Parameter(torch.randn(step.get("fout"), step.get("fin")) * 0.3))
 
     def forward(self, x):
         values = [x]
@@ -191,6 +199,11 @@ def _run(net: FuzzNet, i: int, step: Step, xs: list) -> list:
         return [x + getattr(net, f"p{i}")]
     if op == "reduce":
         return [x.mean(step.get("dim"), keepdim=True)]
+    if op == "fconv":
+        return [F.conv2d(x, getattr(net, f"p{i}"), getattr(net, f"b{i}", None), step.get("stride"),
+                         step.get("padding"), step.get("dilation"), step.get("groups"))]
+    if op == "flinear":
+        return [F.linear(x, getattr(net, f"p{i}"))]
     if op == "add":
         form = step.get("form")
         if form == "operator":
@@ -241,7 +254,7 @@ def _same_shape(shapes: list[Shape], i: int) -> list[int]:
     return [j for j, s in enumerate(shapes) if s == shapes[i] and j != i]
 
 
-_MAP_OPS = ("conv",) * 4 + ("bn", "act", "act", "pool", "add", "add", "mul", "cat", "chunk", "se", "gap", "flatten",
+_MAP_OPS = ("conv",) * 4 + ("fconv",) + ("bn", "act", "act", "pool", "add", "add", "mul", "cat", "chunk", "se", "gap", "flatten",
                             "flatten", "shuffle", "transpose", "linear_last", "scale", "shift", "reduce")
 
 
@@ -250,9 +263,9 @@ def _map_step(draw, shapes: list[Shape], i: int, depth: int) -> tuple[Step, list
     """A step whose first input is the feature map at ``i``."""
     c, h, w = shapes[i]
     op = draw(st.sampled_from(_MAP_OPS + (("block", "block") if depth < 2 else ())))
-    if op == "conv":
+    if op in ("conv", "fconv"):
         params, out = draw(_conv(c, h, w))
-        return Step("conv", (i,), params), [out]
+        return Step(op, (i,), params), [out]
     if op == "bn":
         return Step("bn", (i,), (("c", c),)), [shapes[i]]
     if op == "act":
@@ -323,7 +336,10 @@ def _map_step(draw, shapes: list[Shape], i: int, depth: int) -> tuple[Step, list
 def _vec_step(draw, shapes: list[Shape], i: int) -> tuple[Step, list[Shape]] | None:
     """A step whose first input is the feature vector at ``i``."""
     (f,) = shapes[i]
-    op = draw(st.sampled_from(["linear", "linear", "act", "add"]))
+    op = draw(st.sampled_from(["linear", "linear", "flinear", "act", "add"]))
+    if op == "flinear":
+        fout = draw(st.integers(1, 8))
+        return Step("flinear", (i,), (("fin", f), ("fout", fout))), [(fout,)]
     if op == "linear":
         fout = draw(st.integers(1, 8))
         return Step("linear", (i,), (("fin", f), ("fout", fout), ("bias", draw(st.booleans())))), [(fout,)]

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Builds the models and prints one line per plan: name and sha256 of plan.to_json().
 SCRIPT = r"""
-import hashlib, sys, torch
+import hashlib, torch
 torch.set_num_threads(1)
 from tests.test_determinism import plans
 for name, text in plans():
