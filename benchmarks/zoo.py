@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "zoo.jsonl", help="resumable row store")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "zoo", help="writes OUT.md and OUT.csv")
     parser.add_argument("--force", action="store_true", help="rerun models that already have a row")
+    parser.add_argument("--render-only", action="store_true", help="write the tables from the stored rows, run nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             row = json.loads(line)
             done[row["model"]] = row
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    for name, family in todo:
+    for name, family in ([] if args.render_only else todo):
         if name in done and not args.force:
             continue
         row = run_in_subprocess(name, family, args.ratio, args.timeout, args.mem_gb)

@@ -23,8 +23,8 @@ def _detector(name):
     kwargs = {"weights": None, "weights_backbone": None}
     if not name.startswith("ssd"):
         kwargs.update(min_size=SIZE, max_size=SIZE)
-    if "rcnn" in name:
-        kwargs.update(box_score_thresh=0.0)  # random weights score below the default 0.05
+    # Random weights score below the default thresholds; keep every box so there is something to compare.
+    kwargs.update({"box_score_thresh" if "rcnn" in name else "score_thresh": 0.0})
     return torchvision.models.get_model(name, **kwargs).eval()
 
 
