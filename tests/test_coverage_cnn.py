@@ -338,3 +338,26 @@ def test_supported_ops_table_is_up_to_date():
     assert checked_in.read_text() == supported_ops_markdown(), "run: python docs/gen_ops_table.py"
     for op in ("torch.split", "torch.chunk", "torch.nn.functional.interpolate", "torch.mean", "torch.nn.modules.conv.Conv3d"):
         assert f"`{op}`" in checked_in.read_text()
+
+
+class Normalized(nn.Module):
+    """SSD's L2Norm: F.normalize over channels, then a per-channel scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.scale = nn.Parameter(torch.rand(8))
+        self.head = nn.Conv2d(8, 4, 1)
+        self.other = nn.Conv2d(3, 6, 1)
+        self.head2 = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        y = self.scale.view(1, -1, 1, 1) * F.normalize(self.conv(x))
+        return self.head(y).sum() + self.head2(F.normalize(self.other(x), dim=2)).sum()
+
+
+def test_normalize_over_channels_pins_them():
+    coupling = graphprune.analyze(Normalized(), example_inputs=torch.randn(1, 3, 6, 6))
+    groups = {g.sources[-1]: g for g in coupling.groups}
+    assert groups["conv"].pinned.all()
+    assert not groups["other"].pinned.any()  # normalised over a spatial dim: channels pass through

@@ -9,6 +9,7 @@ pinned.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..channels import Block, ChannelMap
 from ..registry import Registry
@@ -41,3 +42,16 @@ def reduction(ctx, node):
         dims_out = block.dims if keepdim else tuple(d - sum(r < d for r in reduced) for d in block.dims)
         blocks.append(Block(dims_out, block.atoms))
     return ChannelMap(tuple(blocks))
+
+
+@RULES.function(F.normalize)
+def normalize(ctx, node):
+    """Divides by a norm over ``dim``: channels on that dim are pinned (the norm runs over all of them), others pass through."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    dim = int(arg(node, 2, "dim", 1)) % len(shape)
+    block = cmap.block_at(dim)
+    if block is not None:
+        ctx.pin(block.atoms, "normalised over a channel dim")
+    return cmap
