@@ -352,10 +352,15 @@ def _get_attr(ctx: RuleContext, node: torch.fx.Node, meta: Any) -> Any:
     if shape is None:
         return None
     owner, _, attr = node.target.rpartition(".")
-    if attr not in ctx.gm.get_submodule(owner)._parameters:
-        # A buffer read in the graph (an index table, a coordinate grid) is fixed data: it carries no
-        # channels of its own, so an op that meets it with channels pins them rather than slicing it.
-        return ChannelMap()
+    module = ctx.gm.get_submodule(owner)
+    if attr not in module._parameters:
+        # A buffer is fixed data (an index table, a mask, a coordinate grid): it carries no channels, so an
+        # op that meets it with channels pins them rather than slicing it. The exception is a floating
+        # per-channel vector, one dim longer than 1 (an offset of shape 1xCx1x1, running statistics read
+        # by F.batch_norm): it is sliced like a parameter.
+        per_channel = meta.dtype.is_floating_point and sum(size > 1 for size in shape) == 1
+        if not per_channel:
+            return ChannelMap()
     blocks = []
     for dim, size in enumerate(shape):
         if size > 1:
