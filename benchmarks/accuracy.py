@@ -115,7 +115,7 @@ def run(models: list[str], criteria: list[str], *, epochs: int, finetune_epochs:
             evaluate=lambda m: accuracy(m, data))
         rows.append(Row(name, f"l2, iterative ({iterative_steps} step{'s' if iterative_steps > 1 else ''})", history[-1].macs, history[-1].params, dense_macs, dense_acc,
                         None, None, history[-1].metric))
-        log(f"  iterative: " + ", ".join(f"step {r.step}: {r.macs / dense_macs:.0%} MACs, "
+        log("  iterative: " + ", ".join(f"step {r.step}: {r.macs / dense_macs:.0%} MACs, "
                                           f"{'' if r.pruned_metric is None else f'{r.pruned_metric:.4f} -> '}{r.metric:.4f}"
                                           for r in history) + f" ({time.perf_counter() - start:.0f} s)")
     return rows, missing

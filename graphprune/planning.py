@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .couple import ChannelGroup, Coupling, Role
+from .couple import ChannelGroup, Coupling
 from .errors import InputError, PlanError
 from .importance import Importance
 

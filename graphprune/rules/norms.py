@@ -19,7 +19,6 @@ sizes as graph constants, which are rewritten.
 
 from __future__ import annotations
 
-import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
