@@ -356,7 +356,8 @@ def _vec_step(draw, shapes: list[Shape], i: int) -> tuple[Step, list[Shape]] | N
 def _body(draw, in_shape: Shape, depth: int, max_steps: int, maps_only: bool = False) -> tuple[tuple[Step, ...], list[Shape]]:
     shapes: list[Shape] = [in_shape]
     steps: list[Step] = []
-    target = draw(st.integers(1, max_steps))
+    # At least a few steps: hypothesis starts from small draws, and one-op networks test little.
+    target = draw(st.integers(min(3, max_steps), max_steps))
     attempts = 0
     while len(steps) < target and attempts < 4 * max_steps:
         attempts += 1
@@ -370,6 +371,14 @@ def _body(draw, in_shape: Shape, depth: int, max_steps: int, maps_only: bool = F
             continue
         steps.append(step)
         shapes.extend(outs)
+        if step.op in ("conv", "fconv") and draw(st.booleans()):
+            # The common conv-BN(-activation) pattern, so that norms sit on prunable channels often.
+            steps.append(Step("bn", (len(shapes) - 1,), (("c", outs[0][0]),)))
+            shapes.append(outs[0])
+            if draw(st.booleans()):
+                kind = draw(st.sampled_from(ACTIVATIONS))
+                steps.append(Step("act", (len(shapes) - 1,), (("kind", kind), ("form", "module"))))
+                shapes.append(outs[0])
     if maps_only and len(shapes) == 1:  # a block must compute something: a 1x1 conv
         steps.append(Step("conv", (0,), (("cin", in_shape[0]), ("cout", in_shape[0]), ("k", 1), ("stride", 1),
                                          ("padding", 0), ("dilation", 1), ("groups", 1), ("bias", True))))
