@@ -63,7 +63,7 @@ def build(name: str, family: str):
 
     kwargs = {"weights": None}
     if family == "segmentation":
-        kwargs.update(weights_backbone=None, aux_loss=True)
+        kwargs.update(weights_backbone=None, aux_loss=True if name.startswith(("fcn", "deeplab")) else None)
     return torchvision.models.get_model(name, **kwargs).eval()
 
 
