@@ -15,7 +15,9 @@ relative difference (``graphprune.verify``), or "not exact" with the reasons the
 
 Weights are random (no downloads). BatchNorm statistics and affine parameters are drawn away
 from their (0, 1, 1, 0) initial values first, so that a wrongly sliced statistic changes the
-output instead of hiding behind an identity normalisation.
+output instead of hiding behind an identity normalisation. Weight tensors that torchvision
+initialises to zero (ViT's classifier head) are redrawn, since a constant output would make
+any rewrite look exact.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def spread_norm_statistics(model) -> None:
                 if m.affine:
                     m.weight.uniform_(0.5, 1.5)
                     m.bias.uniform_(-0.2, 0.2)
+        for p in model.parameters():
+            if p.ndim > 1 and not p.any():
+                p.normal_(0.0, 0.02)
 
 
 def _ok(fn) -> str:
