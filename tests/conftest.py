@@ -16,3 +16,12 @@ def pytest_terminal_summary(terminalreporter):
     fuzz = sys.modules.get("tests.test_fuzz")
     for line in getattr(fuzz, "FUZZ_SUMMARY", []):
         terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a training-loop test on one thread, then restore the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

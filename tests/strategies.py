@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
+from .helpers import spread_batchnorm
+
 __all__ = ["Step", "NetSpec", "FuzzNet", "net_specs", "ratios"]
 
 Shape = tuple[int, ...]  # a value's shape without the batch dim: (C, H, W) or (F,)
@@ -81,15 +83,7 @@ class NetSpec:
 
 
 def _randomize_norms(model: nn.Module) -> None:
-    # Statistics away from (0, 1), so that slicing them wrongly changes the output.
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-
+    spread_batchnorm(model)
 
 class SqueezeExcite(nn.Module):
     """x * gate(fc2(relu(fc1(mean(x))))): the gate is broadcast over H and W."""

@@ -15,21 +15,13 @@ from torch import nn
 
 import graphprune
 
-from .helpers import fingerprint
+from .helpers import fingerprint, spread_batchnorm
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
 def _randomize(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-    return model
-
+    return spread_batchnorm(model)
 
 def shrink_exactly(model: nn.Module, inputs=X, ratio: float = 0.5, **kwargs):
     """Plan and apply, check the rewrite is exact and the original untouched; returns (plan, shrunk)."""

@@ -11,22 +11,13 @@ import graphprune
 from graphprune.couple import Role
 from graphprune.planning import Plan
 
-from .helpers import fingerprint
+from .helpers import fingerprint, spread_batchnorm
 
 pytestmark = pytest.mark.usefixtures("seed")
 
 
 def _spread_batchnorm(model):
-    """Statistics and affine parameters away from their initial values, so a mis-sliced one shows."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model
-
+    return spread_batchnorm(model, bias=0.2)
 
 def _shrink_and_verify(model, x, ratio=0.5):
     """Plan, apply, and prove: output shapes kept, parameters fewer, masked-vs-shrunk at round-off."""

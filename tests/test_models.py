@@ -11,7 +11,7 @@ from graphprune.api import analyze
 from graphprune.importance import l2
 from graphprune.planning import make_plan
 
-from .helpers import fingerprint
+from .helpers import fingerprint, spread_batchnorm
 
 VGG = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
 RESNET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2"]
@@ -22,13 +22,7 @@ RATIOS = [0.0, 0.3, 0.5, 0.9]
 def analyzed(request):
     torch.manual_seed(0)
     model = getattr(torchvision.models, request.param)().eval()
-    # BatchNorm statistics away from (0, 1) so that a slicing mistake in them shows.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+    spread_batchnorm(model, bias=0.2)  # so that a slicing mistake in the statistics shows
     x = torch.randn(2, 3, 64, 64)
     coupling = analyze(model, example_inputs=x)
     with torch.no_grad():

@@ -25,13 +25,8 @@ class ConvBN(nn.Module):
 X = torch.randn(1, 3, 6, 6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The training tests are many tiny ops: extra threads only add contention on a shared CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The training tests are many tiny ops: extra threads only add contention on a shared CI machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomised(model):

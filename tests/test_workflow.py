@@ -22,12 +22,7 @@ def _net():
 X = torch.randn(1, 3, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compounded_steps_reach_the_target_and_call_train_then_evaluate():
