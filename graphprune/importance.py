@@ -24,6 +24,7 @@ returns a plain scorer. Any ``callable(group, tensors) -> scores`` works too.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,7 @@ def _check_choice(value: Any, choices: tuple[Any, ...], what: str) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Criterion:
+class Criterion(abc.ABC):
     """Base of the built-in criteria: per-member channel scores, normalised, then reduced over members.
 
     ``reduce`` combines a channel's scores from the group's members (``mean``, ``sum``, ``max``);
@@ -77,9 +78,9 @@ class Criterion:
         """What the plan records: the criterion and its options."""
         return f"{self.name}(reduce={self.reduce}, normalize={self.normalize})"
 
+    @abc.abstractmethod
     def member_scores(self, group: ChannelGroup, tensors: Mapping[str, torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(scores, covered) per member: a score per channel, and which channels the member touches."""
-        raise NotImplementedError
 
     def bind(self, coupling: Coupling) -> Importance:
         """A scorer for this coupling; data-driven criteria run their calibration here."""
@@ -440,8 +441,9 @@ class Random(Criterion):
     def describe(self) -> str:
         return f"random(seed={self.seed})"
 
-    def __call__(self, group, tensors):
-        return np.random.default_rng([self.seed, group.id]).random(group.size)
+    def member_scores(self, group, tensors):
+        # One pseudo-member covering every channel: seeded per group, so plans replay.
+        return [(np.random.default_rng([self.seed, group.id]).random(group.size), np.ones(group.size, dtype=bool))]
 
 
 def _builtin(name: str) -> Criterion:
