@@ -181,7 +181,7 @@ def capture_inputs(model: nn.Module, name: str, model_inputs: Any) -> tuple[Any,
 
     The first call is captured; keyword arguments come back as a dict, positional ones as a tuple.
     """
-    from .equivalence import _call, eval_mode
+    from .running import call_model, eval_mode
 
     _check_model(model)
     submodule = _get_submodule(model, name)
@@ -194,7 +194,7 @@ def capture_inputs(model: nn.Module, name: str, model_inputs: Any) -> tuple[Any,
     handle = submodule.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.no_grad(), eval_mode(model):
-            _call(model, model_inputs)
+            call_model(model, model_inputs)
     finally:
         handle.remove()
     if not seen:

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .couple import Coupling
-from .equivalence import _call, eval_mode
+from .running import call_model, eval_mode
 
 __all__ = ["Term", "CostModel", "param_terms", "mac_terms", "module_macs"]
 
@@ -125,7 +125,7 @@ def param_terms(coupling: Coupling) -> tuple[list[Term], float, float]:
 def module_macs(model: nn.Module, inputs: Any) -> tuple[dict[str, int], int]:
     """MACs of one forward pass per module (by qualified name, direct and nested), and the total."""
     with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
-        _call(model, inputs)
+        call_model(model, inputs)
     per_module = {}
     for key, ops in counter.get_flop_counts().items():
         if key == "Global":

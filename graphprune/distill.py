@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .equivalence import _call, eval_mode
+from .running import call_model, eval_mode
 from .errors import InputError
 
 __all__ = ["distillation_loss", "distill_step"]
@@ -68,8 +68,8 @@ def distill_step(student: nn.Module, teacher: nn.Module, optimizer: torch.optim.
     used in whatever mode it is in (call ``student.train()`` first).
     """
     with torch.no_grad(), eval_mode(teacher):
-        teacher_logits = _call(teacher, inputs)
-    loss = distillation_loss(_call(student, inputs), teacher_logits, labels, T=T, alpha=alpha)
+        teacher_logits = call_model(teacher, inputs)
+    loss = distillation_loss(call_model(student, inputs), teacher_logits, labels, T=T, alpha=alpha)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -17,9 +17,7 @@ measured difference rather than presenting it as round-off.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +29,7 @@ from .couple import Role
 from .errors import InputError
 from .planning import Plan
 from .rewrite import check_plan_fits
+from .running import call_model, eval_mode
 
 __all__ = ["mask", "verify", "verdict", "Verdict", "relative_difference", "eval_mode"]
 
@@ -55,19 +54,6 @@ def mask(model: nn.Module, plan: Plan) -> nn.Module:
     return masked
 
 
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Evaluate in eval mode, then restore each submodule's own training flag."""
-    flags = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.eval()
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
 def _tensors(value: Any) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
     torch.fx.node.map_aggregate(value, lambda v: out.append(v) if isinstance(v, torch.Tensor) else None)
@@ -90,14 +76,6 @@ def relative_difference(expected: Any, actual: Any) -> float:
     return worst
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def verify(model: nn.Module, plan: Plan, shrunk: nn.Module, inputs: Any = None) -> float:
     """Maximum relative output difference between the masked original and the shrunk model (eval mode).
 
@@ -115,7 +93,7 @@ def verify(model: nn.Module, plan: Plan, shrunk: nn.Module, inputs: Any = None) 
         inputs = tuple(torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in plan.inputs)
     masked = mask(model, plan)
     with torch.no_grad(), eval_mode(masked, shrunk):
-        return relative_difference(_call(masked, inputs), _call(shrunk, inputs))
+        return relative_difference(call_model(masked, inputs), call_model(shrunk, inputs))
 
 
 @dataclass(frozen=True)

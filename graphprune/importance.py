@@ -34,6 +34,7 @@ import torch
 
 from .couple import META_KEY, ChannelGroup, GroupMember, Role
 from .errors import InputError, PlanError
+from .running import call_model, eval_mode
 
 if TYPE_CHECKING:
     from .couple import Coupling
@@ -241,14 +242,6 @@ def _batches(calibration: Any) -> list[Any]:
     return batches
 
 
-def _call(model: torch.nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 @dataclass(frozen=True)
 class _BoundMembers:
     """A data-driven criterion after calibration: per-tensor statistics read by ``member_scores``."""
@@ -301,22 +294,17 @@ class Taylor(Criterion):
         params = [coupling.ctx.tensor(n) for n in names]
         trainable = [(n, p) for n, p in zip(names, params) if isinstance(p, torch.nn.Parameter) and p.is_floating_point()]
         grads = {n: torch.zeros_like(p) for n, p in trainable}
-        flags = [(m, m.training) for m in gm.modules()]
-        gm.eval()
-        try:
+        with eval_mode(gm):
             for batch in _batches(self.calibration):
                 if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
                     raise InputError("Taylor calibration batches must be (inputs, target) pairs")
                 inputs, target = batch
                 with torch.enable_grad():
-                    loss = self.loss_fn(_call(gm, inputs), target)
+                    loss = self.loss_fn(call_model(gm, inputs), target)
                     got = torch.autograd.grad(loss, [p for _, p in trainable], allow_unused=True)
                 for (n, _), g in zip(trainable, got):
                     if g is not None:
                         grads[n] += g.detach()
-        finally:
-            for m, training in flags:
-                m.training = training
         stats = {n: (p.detach() * grads[n]) for n, p in trainable}
         return _BoundMembers(self, stats)
 
@@ -382,18 +370,12 @@ class Activation(Criterion):
                     counts[n.name] = counts.get(n.name, 0) + 1
                 return out
 
-        flags = [(m, m.training) for m in gm.modules()]
-        gm.eval()
-        try:
-            with torch.no_grad():
-                for batch in _batches(self.calibration):
-                    args = batch if isinstance(batch, (tuple, list)) else (batch,)
-                    if isinstance(batch, dict):
-                        raise InputError("Activation calibration batches must be tensors or tuples of positional args")
-                    _Recorder(gm).run(*args)
-        finally:
-            for m, training in flags:
-                m.training = training
+        with eval_mode(gm), torch.no_grad():
+            for batch in _batches(self.calibration):
+                args = batch if isinstance(batch, (tuple, list)) else (batch,)
+                if isinstance(batch, dict):
+                    raise InputError("Activation calibration batches must be tensors or tuples of positional args")
+                _Recorder(gm).run(*args)
         means = {name: (watched[name][1], sums[name] / counts[name]) for name in sums}
         return _BoundMembers(self, {"means": means, "nodes_of_group": nodes_of_group})
 

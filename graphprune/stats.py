@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .arguments import check_inputs, check_model, check_positive
-from .equivalence import _call, eval_mode
+from .running import call_model, eval_mode
 
 __all__ = ["count_params", "count_macs", "measure_latency"]
 
@@ -32,7 +32,7 @@ def count_macs(model: nn.Module, inputs: Any) -> int:
     check_model(model)
     check_inputs(inputs)
     with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
-        _call(model, inputs)
+        call_model(model, inputs)
     return counter.get_total_flops() // 2
 
 
@@ -45,7 +45,7 @@ def measure_latency(model: nn.Module, inputs: Any, *, min_run_time: float = 1.0,
     with torch.no_grad(), eval_mode(model):
         timer = benchmark.Timer(
             stmt="call(model, inputs)",
-            globals={"call": _call, "model": model, "inputs": inputs},
+            globals={"call": call_model, "model": model, "inputs": inputs},
             num_threads=num_threads,
         )
         return timer.blocked_autorange(min_run_time=min_run_time).median

@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .api import analyze, apply, plan
-from .equivalence import _call
+from .running import call_model
 from .errors import InputError
 from .importance import Importance, bind_importance, resolve_importance
 from .planning import make_plan
@@ -139,7 +139,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any]) -> nn.Module
             m.momentum = None
             m.train()
         for batch in batches:
-            _call(model, batch)
+            call_model(model, batch)
     finally:
         for m, momentum in momenta:
             m.momentum = momentum
