@@ -36,10 +36,6 @@ from .trace import trace
 __all__ = ["analyze", "plan", "apply", "shrink", "shrink_submodule", "capture_inputs", "verify"]
 
 
-def _check_model(model: Any) -> nn.Module:
-    return check_model(model)
-
-
 def analyze(
     model: nn.Module,
     *,
@@ -49,7 +45,7 @@ def analyze(
     leaf_modules: Iterable[str] = (),
 ) -> Coupling:
     """Trace ``model`` and build its dependency graph: the coupled channel groups."""
-    _check_model(model)
+    check_model(model)
     ignore = check_names(ignore, "ignore", modules_allowed=True)
     leaf_modules = check_names(leaf_modules, "leaf_modules")
     rules = check_registry(rules)
@@ -99,7 +95,7 @@ def plan(
     Channels normalised together by a LayerNorm can be removed, but not exactly (the
     statistics change): ``plan.inexact`` says why, and ``exact_only=True`` keeps such groups whole.
     """
-    _check_model(model)
+    check_model(model)
     budget = _budget(ratio, macs, params, latency, overrides, max_ratio, round_to)
     name, scorer = resolve_importance(importance)
     coupling = analyze(model, example_inputs=example_inputs, ignore=ignore, rules=rules, leaf_modules=leaf_modules)
@@ -132,7 +128,7 @@ def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inplace: 
     a ``torch.fx.GraphModule`` with the same submodules. The result records the plans that made it
     (:func:`graphprune.provenance.plans_of`), which is how :func:`graphprune.save` finds them.
     """
-    _check_model(model)
+    check_model(model)
     if isinstance(plan, str):
         raise InputError("apply takes a Plan, not a string", hint="load a saved plan with graphprune.Plan.from_json(text) or Plan.load(path)")
     previous = plans_of(model)
@@ -183,7 +179,7 @@ def capture_inputs(model: nn.Module, name: str, model_inputs: Any) -> tuple[Any,
     """
     from .running import call_model, eval_mode
 
-    _check_model(model)
+    check_model(model)
     submodule = _get_submodule(model, name)
     seen: list[Any] = []
 
@@ -237,7 +233,7 @@ def shrink_submodule(
     >>> sorted(small(images)[0])
     ['boxes', 'labels', 'scores']
     """
-    _check_model(model)
+    check_model(model)
     if (example_inputs is None) == (model_inputs is None):
         raise InputError("give exactly one of example_inputs (the submodule's inputs) and model_inputs (the model's)")
     _get_submodule(model, name)
