@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .api import _check_model, analyze
+from .api import analyze
+from .arguments import check_model
 from .budget import group_modules
 from .equivalence import mask
 from .errors import InputError
@@ -104,7 +105,7 @@ def sensitivity(
     The model is never modified; ``evaluate_fn`` gets a masked copy (same class, same shapes).
     With ``plot``, also writes the PNG there.
     """
-    _check_model(model)
+    check_model(model)
     ratios = [float(r) for r in ratios]
     if not ratios or any(not (0 < r < 1) or math.isnan(r) for r in ratios):
         raise InputError(f"ratios must be fractions in (0, 1), got {ratios}")
