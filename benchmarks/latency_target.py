@@ -2,17 +2,20 @@
 
 For each model and target fraction, ``graphprune.plan(model, latency=target)`` measures a
 per-layer latency table on the device (cached), plans against it and checks by timing. The
-baseline is a uniform ratio (every group loses the same fraction) tuned to the same MACs as
-the latency-aware plan: at equal MACs, the latency-aware plan should run faster.
+baselines are a uniform ratio (every group loses the same fraction) tuned to the same MACs as
+the latency-aware plan, with the same width rounding and without any: at equal MACs, the
+latency-aware plan should run faster.
 
 Dense and pruned models are timed back to back with torch.utils.benchmark (median). Run:
     python benchmarks/latency_target.py [--models resnet50 vgg16_bn mobilenet_v2] [--targets 0.75 0.5]
         [--size 160] [--threads 1] [--device cpu] [--cache PATH] [--out docs/latency_target.md]
+    python benchmarks/latency_target.py --device cuda --dtype bfloat16 --channels-last --batch 128 --size 224
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -24,12 +27,6 @@ import torchvision
 import graphprune
 import graphprune.budget
 from graphprune.latency_table import Hardware
-
-
-def _ms(model: torch.nn.Module, x: torch.Tensor, hw: Hardware, seconds: float) -> float:
-    model = model.to(hw.device, hw.torch_dtype).eval()
-    x = x.to(hw.device, hw.torch_dtype)
-    return graphprune.measure_latency(model, x, min_run_time=seconds, num_threads=hw.num_threads) * 1e3
 
 
 def _uniform_at_macs(model: torch.nn.Module, x: torch.Tensor, macs: int, round_to: int | None) -> tuple[float, torch.nn.Module]:
@@ -46,56 +43,91 @@ def _uniform_at_macs(model: torch.nn.Module, x: torch.Tensor, macs: int, round_t
     return ratio, shrunk
 
 
+def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: Hardware, timing: Hardware,
+         repeats: int) -> dict:
+    macs0, params0 = graphprune.count_macs(model, x), graphprune.count_params(model)
+    start = time.perf_counter()
+    plan = graphprune.plan(model, example_inputs=x, latency=target, hardware=hw)
+    seconds = time.perf_counter() - start
+    shrunk = graphprune.apply(model, plan)
+    rel = graphprune.verify(model, plan, shrunk, x)
+    macs, params = graphprune.count_macs(shrunk, x), graphprune.count_params(shrunk)
+    round_to = plan.budget["round_to_resolved"]
+    # Baselines at the same MACs: uniform with the same width rounding (only the allocation differs), and
+    # uniform unrounded (what a MACs-only pruner gives: widths off the hardware's tiles).
+    ratio, uniform = _uniform_at_macs(model, x, macs, round_to)
+    raw_ratio, raw = _uniform_at_macs(model, x, macs, None)
+    # Timed back to back, alternating, so slow drifts of a shared machine hit all of them alike.
+    times: dict[str, list[float]] = {"dense": [], "plan": [], "uniform": [], "raw": []}
+    for _ in range(repeats):
+        for key, m in (("dense", model), ("plan", shrunk), ("uniform", uniform), ("raw", raw)):
+            times[key].append(timing.model_seconds(m, (x,)) * 1e3)
+    d, s, u, r = (min(times[k]) for k in ("dense", "plan", "uniform", "raw"))
+    b = plan.budget
+    return {"model": name, "target": target, "dense_ms": d, "requested_ms": target * d, "predicted_ms": b["predicted"] * 1e3,
+            "measured_ms": s, "fraction": s / d, "in_plan_fraction": b["actual_fraction"], "fell_back": "note" in b,
+            "load": os.getloadavg()[0], "gmacs": macs / 1e9, "macs_fraction": macs / macs0, "mparams": params / 1e6,
+            "params_fraction": params / params0, "uniform_ratio": ratio, "uniform_ms": u, "speedup_vs_uniform": u / s,
+            "raw_ratio": raw_ratio, "raw_ms": r, "speedup_vs_raw": r / s, "plan_s": seconds, "verify": rel,
+            "round_to": round_to, "table_measurements": b.get("table_measurements")}
+
+
+def _markdown(row: dict) -> str:
+    note = " (fell back to dense)" if row["fell_back"] else ""
+    return (f"| {row['model']} | {row['target']} | {row['dense_ms']:.2f} | {row['requested_ms']:.2f} | {row['predicted_ms']:.2f} "
+            f"| {row['measured_ms']:.2f}{note} | {row['fraction']:.3f} | {row['in_plan_fraction']:.3f} | {row['load']:.1f} "
+            f"| {row['gmacs']:.3f} ({row['macs_fraction']:.2f}) | {row['mparams']:.2f} ({row['params_fraction']:.2f}) "
+            f"| {row['uniform_ratio']:.3f} | {row['uniform_ms']:.2f} | {row['speedup_vs_uniform']:.2f}x "
+            f"| {row['raw_ms']:.2f} | {row['speedup_vs_raw']:.2f}x | {row['plan_s']:.0f} | {row['verify']:.0e} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet50", "vgg16_bn", "mobilenet_v2"])
     parser.add_argument("--targets", nargs="+", type=float, default=[0.75, 0.5])
     parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=1, help="batch size the latency is planned and measured at")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--channels-last", action="store_true", help="run convs in NHWC (the fast layout for bf16 on CUDA)")
     parser.add_argument("--cache", default=None, help="latency table JSON (default ~/.cache/graphprune/latency.json)")
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per model in the table")
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per whole-model measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating timing rounds; each model keeps its fastest")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--jsonl", default=None, help="also append one JSON object per row here, as each row finishes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    hw = Hardware(device=args.device, dtype=args.dtype, num_threads=args.threads, cache=args.cache)
+    hw = Hardware(device=args.device, dtype=args.dtype, num_threads=args.threads, cache=args.cache,
+                  batch_size=args.batch, channels_last=args.channels_last)
+    timing = Hardware(device=args.device, dtype=args.dtype, num_threads=args.threads, batch_size=args.batch,
+                      channels_last=args.channels_last, model_min_run_time=args.min_run_time)
     x = torch.randn(1, 3, args.size, args.size)
-    header = (f"graphprune.plan(model, latency=target), {args.device} {args.dtype}, batch 1, {args.size}x{args.size}, "
-              f"{args.threads} thread(s), torch {torch.__version__}, random-init torchvision models, "
+    layout = ", channels_last" if args.channels_last else ""
+    header = (f"graphprune.plan(model, latency=target), {args.device} {args.dtype}{layout}, batch {args.batch}, "
+              f"{args.size}x{args.size}, {args.threads} thread(s), torch {torch.__version__}"
+              f"{', ' + torch.cuda.get_device_name() if hw.is_cuda else ''}, random-init torchvision models, "
               f"widths rounded to round_to='auto' = {graphprune.budget.resolve_round_to('auto', args.device, args.dtype)}")
     lines = [header, "",
-             "| model | target | dense ms | requested ms | predicted ms | measured ms | measured / dense | in-plan paired measured / dense | load avg | GMACs (frac.) | Mparams (frac.) "
-             "| uniform ratio at equal MACs (same round_to) | uniform ms | latency-aware speed-up vs uniform | plan (s) | verify |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | target | dense ms | requested ms | predicted ms | measured ms | measured / dense | in-plan paired measured / dense "
+             "| load avg | GMACs/img (frac.) | Mparams (frac.) | uniform ratio at equal MACs (same round_to) | uniform ms "
+             "| latency-aware speed-up vs uniform | uniform unrounded ms | speed-up vs unrounded | plan (s) | verify |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    print(header, flush=True)
     for name in args.models:
         model = getattr(torchvision.models, name)().eval()
-        macs0, params0 = graphprune.count_macs(model, x), graphprune.count_params(model)
         for target in args.targets:
-            start = time.perf_counter()
-            plan = graphprune.plan(model, example_inputs=x, latency=target, hardware=hw)
-            seconds = time.perf_counter() - start
-            shrunk = graphprune.apply(model, plan)
-            rel = graphprune.verify(model, plan, shrunk, x)
-            macs, params = graphprune.count_macs(shrunk, x), graphprune.count_params(shrunk)
-            # The baseline gets the same width rounding as the latency plan: only the allocation differs.
-            ratio, uniform = _uniform_at_macs(model, x, macs, plan.budget["round_to_resolved"])
-            # Timed back to back, alternating, so slow drifts of a shared machine hit all three alike.
-            dense_ms, small_ms, uni_ms = [], [], []
-            for _ in range(2):
-                dense_ms.append(_ms(model, x, hw, args.min_run_time))
-                small_ms.append(_ms(shrunk, x, hw, args.min_run_time))
-                uni_ms.append(_ms(uniform, x, hw, args.min_run_time))
-            d, s, u = min(dense_ms), min(small_ms), min(uni_ms)
-            b = plan.budget
-            note = " (fell back to dense)" if "note" in b else ""
-            lines.append(
-                f"| {name} | {target} | {d:.1f} | {target * d:.1f} | {b['predicted'] * 1e3:.1f} | {s:.1f}{note} | {s / d:.3f} "
-                f"| {b['actual_fraction']:.3f} | {os.getloadavg()[0]:.1f} "
-                f"| {macs / 1e9:.3f} ({macs / macs0:.2f}) | {params / 1e6:.2f} ({params / params0:.2f}) | {ratio:.3f} "
-                f"| {u:.1f} | {u / s:.2f}x | {seconds:.0f} | {rel:.0e} |")
+            try:
+                row = _row(name, target, model, x, hw, timing, args.repeats)
+            except Exception as exc:  # one failing row must not lose the others' measurements
+                print(f"| {name} | {target} | error: {type(exc).__name__}: {exc} |", flush=True)
+                continue
+            lines.append(_markdown(row))
             print(lines[-1], flush=True)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps(row) + "\n")
     text = "\n".join(lines)
     print("\n" + text)
     if args.out:

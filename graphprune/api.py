@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arguments import check_flag, check_model, check_names, check_registry
+from .arguments import check_flag, check_model, check_names, check_positive, check_registry
 from .budget import Budget
 from .couple import Coupling, couple
 from .equivalence import verify
@@ -61,6 +61,14 @@ def _budget(ratio: float | None, macs: float | None, params: float | None, laten
                   max_ratio=max_ratio, round_to=round_to)
 
 
+def _hardware(device: str, dtype: str, batch_size: int | None) -> Hardware:
+    if batch_size is not None:
+        check_positive(batch_size, "batch_size", integer=True)
+    # Half-precision convs run on tensor cores in NHWC; a deployment on CUDA would use that layout.
+    channels_last = device.startswith("cuda") and dtype in ("float16", "bfloat16")
+    return Hardware(device=device, dtype=dtype, batch_size=batch_size, channels_last=channels_last)
+
+
 def plan(
     model: nn.Module,
     ratio: float | None = None,
@@ -73,6 +81,7 @@ def plan(
     round_to: int | str | None = None,
     device: str = "cpu",
     dtype: str | torch.dtype = "float32",
+    batch_size: int | None = None,
     hardware: Hardware | None = None,
     example_inputs: Any = None,
     importance: str | Importance = "l2",
@@ -88,7 +97,9 @@ def plan(
     and keep the most important ones that fit (see :mod:`graphprune.budget`). ``overrides``
     ({fnmatch pattern on producer module names: ratio}), ``max_ratio`` and ``round_to`` (an
     int, or ``"auto"`` for ``device``/``dtype``) scope the decision. Latency is measured on
-    ``device`` in ``dtype`` (or as ``hardware`` says: threads, cache file).
+    ``device`` in ``dtype`` at ``batch_size`` (default: the example inputs' batch), in channels-last
+    layout for fp16/bf16 on CUDA; ``hardware`` (a :class:`~graphprune.latency_table.Hardware`)
+    overrides all four and sets threads, layout, grid and cache file.
 
     The model's inputs and output shapes never change; every group keeps at least one channel.
     ``ignore`` lists modules (names or objects) whose tensors keep their shape.
@@ -108,7 +119,7 @@ def plan(
         result = make_plan(coupling, budget.ratio, scorer, importance_name=name, model=model,
                            example_args=coupling.example_args, leaf_modules=coupling.leaf_modules)
     else:
-        hw = hardware or Hardware(device=str(device), dtype=str(dtype).removeprefix("torch."))
+        hw = hardware or _hardware(str(device), str(dtype).removeprefix("torch."), batch_size)
         result = plan_with_budget(model, coupling, scorer, budget, importance_name=name, hardware=hw, rules=rules)
     if result.inexact:
         warnings.warn(
@@ -154,7 +165,7 @@ def shrink(
     """Prune ``model`` to a target and return the smaller model: ``shrink(model, 0.5)`` removes half of
     every group's channels; ``shrink(model, macs=0.5)``, ``params=0.4`` or ``latency=0.5`` meet a
     budget. The budget keywords are :func:`plan`'s (``overrides``, ``max_ratio``, ``round_to``,
-    ``device``, ``dtype``, ``hardware``).
+    ``device``, ``dtype``, ``batch_size``, ``hardware``).
 
     Equivalent to ``apply(model, plan(model, ratio, ...))``; ``exact_only`` as in :func:`plan`.
     """
@@ -168,7 +179,8 @@ def shrink(
     return apply(model, the_plan, example_inputs=example_inputs, inplace=inplace, rules=rules)
 
 
-_BUDGET_KEYWORDS = frozenset({"macs", "params", "latency", "overrides", "max_ratio", "round_to", "device", "dtype", "hardware"})
+_BUDGET_KEYWORDS = frozenset({"macs", "params", "latency", "overrides", "max_ratio", "round_to", "device", "dtype", "batch_size",
+                              "hardware"})
 
 
 

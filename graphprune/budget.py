@@ -186,7 +186,8 @@ def uniform_decisions(scopes_: list[GroupScope], ratio: float) -> dict[int, int]
 
 def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray], order: Mapping[int, np.ndarray],
                      cost: Any, target: float, *, cost_weight: float = 0.0,
-                     step_fraction: float = 1 / 64) -> tuple[dict[int, int], float]:
+                     step_fraction: float = 1 / 64, lookahead: int = 8,
+                     fit: float = 0.005) -> tuple[dict[int, int], float]:
     """Remove chunks of channels until ``cost.total(removed) <= target``; returns (removed per group id, predicted cost).
 
     A chunk's priority is its mean normalised importance divided by ``saving ** cost_weight``
@@ -194,6 +195,12 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
     only decides where to stop, so no group is emptied for being expensive. ``cost_weight=1``
     is the knapsack ratio (importance lost per unit saved), which chases the costliest layers;
     in between, cheap-to-keep channels are spared in proportion.
+
+    With ``cost_weight > 0`` a group's next move is the best of its next ``lookahead`` steps, not
+    just the next one: measured latency falls in steps (a width one tile past a boundary costs a
+    whole tile), so a step that saves nothing may be the way to one that saves a lot.
+
+    The move that crosses the target is chosen to land within ``fit`` (relative) below it where one does.
 
     Fixed (overridden) groups take their ratio first. Without rounding, a chunk is at least
     ``step_fraction`` of the group, so a large model plans in a fraction of a second.
@@ -221,29 +228,39 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
                 if i in cost.terms_of_group.get(other, ()):
                     neighbours[gid].add(other)
 
-    def candidate(gid: int) -> tuple[float, int] | None:
+    def candidate(gid: int) -> tuple[float, int, float] | None:
+        """(priority, removed count to move to, cost saved by the move), or None when the group is spent."""
         now = removed.get(gid, 0)
-        nxt = next((r for r in steps[gid] if r > now), None)
-        if nxt is None:
+        ahead = [r for r in steps[gid] if r > now][: 1 if cost_weight == 0 else lookahead]
+        if not ahead:
             return None
         before = cost.group_part(gid, removed)
-        after = cost.group_part(gid, {**removed, gid: nxt})
-        n = nxt - now
-        saving = (before - after) / n
-        lost = (normalised[gid][nxt] - normalised[gid][now]) / n
-        if cost_weight == 0:
-            return (lost, nxt)
-        if saving <= 0:
-            return (math.inf, nxt)
-        return (lost / saving ** cost_weight, nxt)
+        best: tuple[float, int, float] | None = None
+        for nxt in ahead:
+            n = nxt - now
+            lost = (normalised[gid][nxt] - normalised[gid][now]) / n
+            saved = before - cost.group_part(gid, {**removed, gid: nxt})
+            if cost_weight == 0:
+                priority = lost
+            else:
+                priority = math.inf if saved <= 0 else lost / (saved / n) ** cost_weight
+            if best is None or priority < best[0]:
+                best = (priority, nxt, saved)
+        return best
 
     current = cost.total(removed)
     cands = {gid: candidate(gid) for gid in free}
+    floor = target * (1 - fit)
     while current > target:
-        live = [(c[0], gid, c[1]) for gid, c in cands.items() if c is not None]
+        live = sorted((c[0], gid, c[1], c[2]) for gid, c in cands.items() if c is not None)
         if not live:
             break
-        _, gid, nxt = min(live)
+        # The last move may be a coarse one (a conv channel can be 2% of a small model): when the best move
+        # would land below the target by more than ``fit``, take the best move that lands closer instead.
+        move = live[0]
+        if current - move[3] < floor:
+            move = next((m for m in live if floor <= current - m[3]), move)
+        _, gid, nxt, _ = move
         before = cost.group_part(gid, removed)
         removed[gid] = nxt
         current += cost.group_part(gid, removed) - before

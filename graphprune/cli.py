@@ -23,6 +23,7 @@ _EPILOG_SHRINK = """examples:
   graphprune shrink torchvision:resnet50 --ratio 0.5 -o resnet50-half/
   graphprune shrink mypkg.models:build_net --ratio 0.3 --input-shape 1,3,32,32 -o net-small/
   graphprune shrink resnet50-half/ --ratio 0.2 -o resnet50-smaller/     (shrink a shrunk model again)
+  graphprune shrink torchvision:resnet50 --latency 0.5 --device cuda --dtype bfloat16 --batch-size 128 -o r50-fast/
 
 Load the result in Python with graphprune.load("resnet50-half/")."""
 
@@ -56,6 +57,14 @@ def _input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _round_to(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return int(text)
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", type=_input_shape, metavar="N,C,H,W",
                    help="shape of the example input (default: the saved model's, else 1,3,224,224)")
@@ -80,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     budget = shrink.add_mutually_exclusive_group(required=True)
     budget.add_argument("--ratio", type=float, help="fraction of each group's channels to remove, in [0, 1)")
     budget.add_argument("--macs", type=float, help="target fraction of the model's MACs to keep (ranked globally, within 2%%)")
+    budget.add_argument("--params", type=float, help="target fraction of the model's parameters to keep")
+    budget.add_argument("--latency", type=float,
+                        help="target fraction of the model's measured latency on --device (per-layer table, cached)")
+    shrink.add_argument("--device", default="cpu", help="where --latency is measured (default: cpu)")
+    shrink.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="dtype --latency is measured in (default: float32)")
+    shrink.add_argument("--batch-size", type=int, default=None,
+                        help="batch size --latency is measured at (default: that of --input-shape)")
+    shrink.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto",
+                        help="keep every width a multiple of N, or 'auto' for --device and --dtype")
     shrink.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="directory to write the model to")
     shrink.add_argument("--importance", default="l2", help="channel importance criterion (default: l2)")
     _add_model_options(shrink)
@@ -156,7 +175,11 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
     x = torch.randn(shape)
     steps.update()
     steps.set_postfix_str("plan")
-    budget = {"ratio": args.ratio} if args.macs is None else {"macs": args.macs}
+    budget = {k: getattr(args, k) for k in ("ratio", "macs", "params", "latency") if getattr(args, k) is not None}
+    if args.round_to is not None:
+        budget["round_to"] = args.round_to
+    if args.latency is not None:
+        budget.update(device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     plan = api.plan(model, **budget, example_inputs=x, importance=args.importance)
     steps.update()
     steps.set_postfix_str("rewrite")

@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -40,29 +41,79 @@ def default_cache_path() -> Path:
 
 @dataclass(frozen=True)
 class Hardware:
-    """Where latency is measured: device, dtype, CPU threads, and the cache file."""
+    """Where and how latency is measured: device, dtype, CPU threads, batch size, memory layout, cache file.
+
+    ``batch_size`` (default: the example inputs' own) repeats the example batch to the size the
+    model will serve; ``channels_last`` runs 4-d activations and conv weights in NHWC, the fast
+    layout for fp16/bf16 convs on tensor cores. ``grid_points`` widths per dim are measured per
+    layer (default 16 on CUDA, whose latency has steps at tile boundaries, 6 on CPU).
+    ``min_run_time`` is the timing per layer measurement (default 0.01 s on CUDA, 0.05 s on CPU);
+    ``model_min_run_time`` per whole-model measurement.
+    """
 
     device: str = "cpu"
     dtype: str = "float32"
     num_threads: int = 1
     cache: str | None = None
-    min_run_time: float = 0.05  # per layer measurement
-    model_min_run_time: float = 0.5  # per whole-model measurement (dense, and each candidate plan)
+    min_run_time: float | None = None
+    model_min_run_time: float = 0.5
+    batch_size: int | None = None
+    channels_last: bool = False
+    grid_points: int | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype.removeprefix("torch."))
 
+    @property
+    def is_cuda(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    @property
+    def points(self) -> int:
+        return self.grid_points or (16 if self.is_cuda else 6)
+
+    @property
+    def layer_min_run_time(self) -> float:
+        return self.min_run_time or (0.01 if self.is_cuda else 0.05)
+
     def key_prefix(self) -> str:
         name = self.device
-        if self.device.startswith("cuda") and torch.cuda.is_available():
+        if self.is_cuda and torch.cuda.is_available():
             name = f"{self.device}:{torch.cuda.get_device_name(torch.device(self.device))}"
-        return f"{name}|{self.dtype.removeprefix('torch.')}|threads={self.num_threads}"
+        layout = "|channels_last" if self.channels_last else ""
+        batch = f"|batch={self.batch_size}" if self.batch_size else ""
+        return f"{name}|{self.dtype.removeprefix('torch.')}|threads={self.num_threads}{batch}{layout}"
 
     def timer(self, stmt: str, glob: dict[str, Any], min_run_time: float | None = None) -> float:
         """Median seconds of ``stmt`` under ``torch.utils.benchmark`` (CUDA is synchronised by the Timer)."""
         t = benchmark.Timer(stmt=stmt, globals=glob, num_threads=self.num_threads)
-        return t.blocked_autorange(min_run_time=min_run_time or self.min_run_time).median
+        return t.blocked_autorange(min_run_time=min_run_time or self.layer_min_run_time).median
+
+    def tensor(self, t: torch.Tensor, *, batched: bool = True) -> torch.Tensor:
+        """``t`` on this device (floating tensors in this dtype), its batch repeated to ``batch_size``, in this layout."""
+        if batched and self.batch_size and t.dim() > 0 and t.shape[0] != self.batch_size:
+            reps = -(-self.batch_size // t.shape[0])
+            t = t.repeat(reps, *([1] * (t.dim() - 1)))[: self.batch_size]
+        t = t.to(self.device, self.torch_dtype) if t.is_floating_point() else t.to(self.device)
+        if self.channels_last and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def module(self, module: nn.Module) -> nn.Module:
+        """A copy of ``module`` on this device, in this dtype and layout, in eval mode."""
+        moved = copy.deepcopy(module).to(self.device, self.torch_dtype)
+        if self.channels_last:
+            moved = moved.to(memory_format=torch.channels_last)
+        return moved.eval()
+
+    def model_seconds(self, model: nn.Module, args: tuple[Any, ...]) -> float:
+        """Median seconds of one forward pass of ``model(*args)``, prepared as this hardware says."""
+        moved = self.module(model)
+        moved_args = tuple(self.tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        with torch.no_grad():
+            moved(*moved_args)  # warm-up: kernel selection, allocator
+            return self.timer("model(*args)", {"model": moved, "args": moved_args}, self.model_min_run_time)
 
 
 @dataclass(frozen=True)
@@ -124,6 +175,8 @@ def layer_specs(gm: torch.fx.GraphModule, weights: Iterable[str]) -> list[LayerS
 def width_grid(size: int, round_to: int, points: int = 4) -> list[int]:
     """Candidate widths of a dim of ``size``: ``points`` fractions, each a multiple of ``round_to``, plus ``size``.
 
+    Fractions that round to the same multiple are measured once: ``width_grid(16, 8, 16)`` is ``[8, 16]``.
+
     >>> width_grid(64, 8)
     [16, 32, 48, 64]
     >>> width_grid(3, 8)
@@ -168,8 +221,13 @@ class LatencyTable:
     def _measure(self, spec: LayerSpec, cin: int, cout: int) -> float:
         hw = self.hardware
         module, shape = spec.build(cin, cout)
+        if hw.batch_size:
+            shape = (hw.batch_size, *shape[1:])
         module = module.to(hw.device, hw.torch_dtype).eval()
+        # Drawn on the device: a batch-128 activation drawn on the host would cost more than the timing.
         x = torch.randn(shape, device=hw.device, dtype=hw.torch_dtype)
+        if hw.channels_last and x.dim() == 4:
+            module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             module(x)  # warm-up: kernel selection, allocator
             return hw.timer("module(x)", {"module": module, "x": x})
@@ -177,23 +235,38 @@ class LatencyTable:
 
 @dataclass
 class LayerLatency:
-    """One layer's latency surface over its (cin, cout) grid, interpolated bilinearly."""
+    """One layer's latency over its (cin, cout) widths, from two measured lines through the dense point.
+
+    Measured: every grid output width at the dense input width, and every grid input width at
+    the dense output width. A pair is predicted as ``t(D, co) * t(ci, D) / t(D, D)`` (separable:
+    exact when time is a product of the two widths' effects, as it is for a GEMM's M and K
+    tiles), with each line interpolated linearly between grid points. Two lines of ``n`` points
+    cost ``2n - 1`` measurements instead of ``n * n``, so the grid can be fine enough to see
+    the steps at tile boundaries. A depthwise conv has one width, so one line.
+    """
 
     spec: LayerSpec
     cins: Sequence[int]
     couts: Sequence[int]
-    table: np.ndarray  # seconds, [len(cins), len(couts)]
+    by_cout: np.ndarray  # seconds at (dense cin, each cout)
+    by_cin: np.ndarray  # seconds at (each cin, dense cout); unused for depthwise
 
     @classmethod
-    def measure(cls, spec: LayerSpec, table: LatencyTable, round_to: int) -> LayerLatency:
-        couts = width_grid(spec.out_channels, round_to)
-        cins = couts if spec.depthwise else width_grid(spec.in_channels, round_to)
+    def measure(cls, spec: LayerSpec, table: LatencyTable, round_to: int, points: int | None = None) -> LayerLatency:
+        points = points or table.hardware.points
+        couts = width_grid(spec.out_channels, round_to, points)
         if spec.depthwise:
-            values = np.array([[table.lookup(spec, c, c) for c in couts]])
-            return cls(spec, [spec.in_channels], couts, values)
-        values = np.array([[table.lookup(spec, ci, co) for co in couts] for ci in cins])
-        return cls(spec, cins, couts, values)
+            line = np.array([table.lookup(spec, c, c) for c in couts])
+            return cls(spec, couts, couts, line, line)
+        cins = width_grid(spec.in_channels, round_to, points)
+        by_cout = np.array([table.lookup(spec, spec.in_channels, co) for co in couts])
+        by_cin = np.array([table.lookup(spec, ci, spec.out_channels) for ci in cins])
+        return cls(spec, cins, couts, by_cout, by_cin)
 
     def __call__(self, cin: float, cout: float) -> float:
-        rows = np.array([np.interp(cout, self.couts, row) for row in self.table])
-        return float(np.interp(cin, self.cins, rows)) if len(self.cins) > 1 else float(rows[0])
+        along_cout = float(np.interp(cout, self.couts, self.by_cout))
+        if self.spec.depthwise:
+            return along_cout
+        dense = float(self.by_cout[-1])
+        along_cin = float(np.interp(cin, self.cins, self.by_cin))
+        return along_cout * along_cin / dense if dense > 0 else along_cout

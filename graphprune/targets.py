@@ -11,13 +11,11 @@ warning and a note in ``plan.budget``.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from .budget import Budget, GroupScope, greedy_decisions, resolve_round_to, scopes, uniform_decisions
@@ -70,17 +68,8 @@ def latency_terms(coupling: Coupling, hardware: Hardware, round_to: int, table: 
     return terms, 0.0
 
 
-def _on(model: nn.Module, args: tuple[Any, ...], hw: Hardware) -> tuple[nn.Module, tuple[Any, ...]]:
-    moved = copy.deepcopy(model).to(hw.device, hw.torch_dtype).eval()
-    return moved, tuple(a.to(hw.device, hw.torch_dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
-                        else a.to(hw.device) if isinstance(a, torch.Tensor) else a for a in args)
-
-
 def _latency(model: nn.Module, args: tuple[Any, ...], hw: Hardware) -> float:
-    moved, moved_args = _on(model, args, hw)
-    with torch.no_grad():
-        moved(*moved_args)
-        return hw.timer("model(*args)", {"model": moved, "args": moved_args}, hw.model_min_run_time)
+    return hw.model_seconds(model, args)
 
 
 def plan_with_budget(

@@ -90,13 +90,35 @@ def test_macs_budget(tmp_path):
     assert abs(fraction - 0.5) <= 0.02  # the planner's contract: within 2% of the target
 
 
+def test_params_and_latency_budgets(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "cache"))
+    x = torch.randn(1, 3, 16, 16)
+    assert main(["shrink", "tests.models:OldVGG", "--params", "0.4", "--input-shape", "1,3,16,16",
+                 "-o", str(tmp_path / "p")]) == 0
+    small = graphprune.load(tmp_path / "p")
+    assert abs(graphprune.count_params(small) / graphprune.count_params(OldVGG()) - 0.4) <= 0.02
+    assert main(["shrink", "tests.models:OldVGG", "--ratio", "0.3", "--round-to", "8", "--input-shape", "1,3,16,16",
+                 "-o", str(tmp_path / "r")]) == 0
+    widths = [m.out_channels for m in graphprune.load(tmp_path / "r").modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [8, 24]  # 16 and 32 less 30%, rounded to multiples of 8
+    assert main(["shrink", "tests.models:OldVGG", "--latency", "0.6", "--batch-size", "4", "--input-shape", "1,3,16,16",
+                 "-o", str(tmp_path / "l")]) == 0
+    record = graphprune.plans_of(graphprune.load(tmp_path / "l"))[-1].budget
+    assert record["kind"] == "latency" and record["latency"] == 0.6 and record["actual"] <= record["dense"]
+    keys = json.loads((tmp_path / "cache" / "latency.json").read_text())
+    assert keys and all("|batch=4" in k for k in keys)  # timed at the batch asked for, not the example's
+    with pytest.raises(SystemExit) as info:
+        main(["shrink", "tests.models:OldVGG", "--ratio", "0.5", "--round-to", "0", "-o", str(tmp_path / "x")])
+    assert info.value.code == 2
+
+
 def test_usage_errors_and_help(capsys):
     with pytest.raises(SystemExit) as info:
         main(["shrink", "torchvision:resnet18", "--ratio", "0.5", "--input-shape", "1,3,a", "-o", "x"])
     assert info.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["shrink", "torchvision:resnet18", "-o", "x"])  # no budget
-    assert info.value.code == 2 and "one of the arguments --ratio --macs is required" in capsys.readouterr().err
+    assert info.value.code == 2 and "one of the arguments --ratio --macs --params --latency is required" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["shrink", "--help"])
     assert info.value.code == 0 and "graphprune shrink torchvision:resnet50 --ratio 0.5" in capsys.readouterr().out
