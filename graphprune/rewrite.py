@@ -16,6 +16,7 @@ import torch.fx
 from torch import nn
 
 from .errors import InputError, PlanError, RewriteError
+from .literals import fresh_literals
 from .planning import GraphEdit, Plan, TensorEdit, model_signature
 from .registry import Registry, default_registry
 from .trace import normalize_inputs, propagate_shapes, trace
@@ -152,6 +153,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, inpl
         nodes = {n.name: n for n in gm.graph.nodes}  # one lookup table: edits scale linearly
         for edit in plan.graph_edits:
             _apply_graph_edit(nodes, edit)
+        fresh_literals(gm.graph)  # torch.export interprets a GraphModule: calls must not get the graph's own lists
         gm.graph.lint()
         gm.recompile()
         result: nn.Module = gm

@@ -1,8 +1,9 @@
 """Shrunk models deploy: torch.export, ONNX (checked in onnxruntime), TorchScript, torch.compile.
 
 The shrunk models are torchvision's resnet18, mobilenet_v2 (depthwise convs) and vgg11_bn,
-plus a GraphModule whose view constant was rewritten (``OldVGG``). Every exported artefact
-must give the shrunk model's outputs and carry its smaller weights.
+plus a GraphModule whose view constant was rewritten (``OldVGG``), and one whose fx-wrapped function
+edits a list literal in place (``WindowedNet``, the pattern of torchvision's video Swin). Every exported
+artefact must give the shrunk model's outputs and carry its smaller weights.
 """
 
 import warnings
@@ -14,13 +15,14 @@ import torchvision
 
 import graphprune
 
-from .models import OldVGG
+from .models import OldVGG, WindowedNet
 
 CASES = {
     "resnet18": (lambda: torchvision.models.resnet18(), (1, 3, 32, 32)),
     "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(), (1, 3, 32, 32)),
     "vgg11_bn": (lambda: torchvision.models.vgg11_bn(), (1, 3, 32, 32)),
     "graph_module": (lambda: OldVGG(), (2, 3, 16, 16)),
+    "wrapped_list_edit": (lambda: WindowedNet(), (2, 3, 4, 4)),  # 4x4 < the 8x8 window: clamp_window edits it
 }
 
 
@@ -52,6 +54,7 @@ def shrunk():
         assert y.abs().max() > 1e-3  # a meaningful output to compare against
         out[name] = (small, x, y)
     assert isinstance(out["graph_module"][0], torch.fx.GraphModule)
+    assert isinstance(out["wrapped_list_edit"][0], torch.fx.GraphModule)
     return out
 
 
@@ -112,3 +115,20 @@ def test_torch_compile_inductor_cpu(shrunk):
     compiled = torch.compile(small, backend="inductor")
     with torch.no_grad():
         _close(compiled(x), y)
+
+
+@pytest.mark.slow  # about 20 s on one core: planning a video Swin
+def test_torch_export_of_shrunk_swin3d_t():
+    # torch.export runs a GraphModule through torch.fx.Interpreter, which hands the graph's own
+    # immutable lists to _get_window_and_shift_size; that function clamps them in place.
+    torch.manual_seed(0)
+    model = torchvision.models.video.swin3d_t().eval()
+    x = torch.randn(1, 3, 2, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", graphprune.InexactWarning)  # LayerNorm over removed channels
+        small = graphprune.shrink(model, 0.5, example_inputs=x).eval()
+    assert isinstance(small, torch.fx.GraphModule)
+    program = torch.export.export(small, (x,))
+    assert sum(p.numel() for p in program.parameters()) == graphprune.count_params(small)
+    with torch.no_grad():
+        _close(program.module()(x), small(x))
