@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet50", "vgg16_bn", "mobilenet_v2"])
     parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--round-to", default=None, help="width multiple for the shrunk models (an int, or auto)")
     parser.add_argument("--device", nargs="+", default=None, help="default: cpu, plus cuda when present")
     parser.add_argument("--batch", nargs="+", type=int, default=None, help="default: 1 16 (and 128 on cuda)")
     parser.add_argument("--dtype", nargs="+", default=["float32"])
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     pairs, checks = {}, []
     for name in args.models:
         model = torchvision.models.get_model(name).eval()
-        plan = graphprune.plan(model, args.ratio, example_inputs=x)
+        round_to = None if args.round_to is None else args.round_to if args.round_to == "auto" else int(args.round_to)
+        plan = graphprune.plan(model, args.ratio, example_inputs=x, round_to=round_to)
         small = graphprune.apply(model, plan)
         checks.append(f"{name}: masked-vs-shrunk max relative difference {graphprune.verify(model, plan, small, x):.1e}")
         pairs[name] = (model, small)

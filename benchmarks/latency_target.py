@@ -15,6 +15,7 @@ Dense and pruned models are timed back to back with torch.utils.benchmark (media
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import torchvision
 import graphprune
 import graphprune.budget
 from graphprune.latency_table import Hardware
+from graphprune.targets import COST_WEIGHT
 
 
 def _uniform_at_macs(model: torch.nn.Module, x: torch.Tensor, macs: int, round_to: int | None) -> tuple[float, torch.nn.Module]:
@@ -44,10 +46,10 @@ def _uniform_at_macs(model: torch.nn.Module, x: torch.Tensor, macs: int, round_t
 
 
 def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: Hardware, timing: Hardware,
-         repeats: int) -> dict:
+         repeats: int, tradeoff: float | None) -> dict:
     macs0, params0 = graphprune.count_macs(model, x), graphprune.count_params(model)
     start = time.perf_counter()
-    plan = graphprune.plan(model, example_inputs=x, latency=target, hardware=hw)
+    plan = graphprune.plan(model, example_inputs=x, budget=graphprune.Budget(latency=target, tradeoff=tradeoff), hardware=hw)
     seconds = time.perf_counter() - start
     shrunk = graphprune.apply(model, plan)
     rel = graphprune.verify(model, plan, shrunk, x)
@@ -64,7 +66,7 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
             times[key].append(timing.model_seconds(m, (x,)) * 1e3)
     d, s, u, r = (min(times[k]) for k in ("dense", "plan", "uniform", "raw"))
     b = plan.budget
-    return {"model": name, "target": target, "dense_ms": d, "requested_ms": target * d, "predicted_ms": b["predicted"] * 1e3,
+    return {"model": name, "target": target, "tradeoff": tradeoff if tradeoff is not None else COST_WEIGHT["latency"], "dense_ms": d, "requested_ms": target * d, "predicted_ms": b["predicted"] * 1e3,
             "measured_ms": s, "fraction": s / d, "in_plan_fraction": b["actual_fraction"], "fell_back": "note" in b,
             "load": os.getloadavg()[0], "gmacs": macs / 1e9, "macs_fraction": macs / macs0, "mparams": params / 1e6,
             "params_fraction": params / params0, "uniform_ratio": ratio, "uniform_ms": u, "speedup_vs_uniform": u / s,
@@ -74,7 +76,7 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
 
 def _markdown(row: dict) -> str:
     note = " (fell back to dense)" if row["fell_back"] else ""
-    return (f"| {row['model']} | {row['target']} | {row['dense_ms']:.2f} | {row['requested_ms']:.2f} | {row['predicted_ms']:.2f} "
+    return (f"| {row['model']} | {row['target']} | {row['tradeoff']} | {row['dense_ms']:.2f} | {row['requested_ms']:.2f} | {row['predicted_ms']:.2f} "
             f"| {row['measured_ms']:.2f}{note} | {row['fraction']:.3f} | {row['in_plan_fraction']:.3f} | {row['load']:.1f} "
             f"| {row['gmacs']:.3f} ({row['macs_fraction']:.2f}) | {row['mparams']:.2f} ({row['params_fraction']:.2f}) "
             f"| {row['uniform_ratio']:.3f} | {row['uniform_ms']:.2f} | {row['speedup_vs_uniform']:.2f}x "
@@ -95,6 +97,8 @@ def main() -> None:
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per whole-model measurement")
     parser.add_argument("--repeats", type=int, default=2, help="alternating timing rounds; each model keeps its fastest")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--tradeoffs", nargs="+", type=float, default=[None],
+                        help="planner tradeoffs to compare (Budget.tradeoff; default: the library's)")
     parser.add_argument("--jsonl", default=None, help="also append one JSON object per row here, as each row finishes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,18 +114,18 @@ def main() -> None:
               f"{', ' + torch.cuda.get_device_name() if hw.is_cuda else ''}, random-init torchvision models, "
               f"widths rounded to round_to='auto' = {graphprune.budget.resolve_round_to('auto', args.device, args.dtype)}")
     lines = [header, "",
-             "| model | target | dense ms | requested ms | predicted ms | measured ms | measured / dense | in-plan paired measured / dense "
+             "| model | target | tradeoff | dense ms | requested ms | predicted ms | measured ms | measured / dense | in-plan paired measured / dense "
              "| load avg | GMACs/img (frac.) | Mparams (frac.) | uniform ratio at equal MACs (same round_to) | uniform ms "
              "| latency-aware speed-up vs uniform | uniform unrounded ms | speed-up vs unrounded | plan (s) | verify |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     print(header, flush=True)
     for name in args.models:
         model = getattr(torchvision.models, name)().eval()
-        for target in args.targets:
+        for target, tradeoff in itertools.product(args.targets, args.tradeoffs):
             try:
-                row = _row(name, target, model, x, hw, timing, args.repeats)
+                row = _row(name, target, model, x, hw, timing, args.repeats, tradeoff)
             except Exception as exc:  # one failing row must not lose the others' measurements
-                print(f"| {name} | {target} | error: {type(exc).__name__}: {exc} |", flush=True)
+                print(f"| {name} | {target} | {tradeoff} | error: {type(exc).__name__}: {exc} |", flush=True)
                 continue
             lines.append(_markdown(row))
             print(lines[-1], flush=True)

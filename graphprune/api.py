@@ -83,6 +83,7 @@ def plan(
     dtype: str | torch.dtype = "float32",
     batch_size: int | None = None,
     hardware: Hardware | None = None,
+    budget: Budget | None = None,
     example_inputs: Any = None,
     importance: str | Importance = "l2",
     ignore: Iterable[str | nn.Module] = (),
@@ -99,7 +100,9 @@ def plan(
     int, or ``"auto"`` for ``device``/``dtype``) scope the decision. Latency is measured on
     ``device`` in ``dtype`` at ``batch_size`` (default: the example inputs' batch), in channels-last
     layout for fp16/bf16 on CUDA; ``hardware`` (a :class:`~graphprune.latency_table.Hardware`)
-    overrides all four and sets threads, layout, grid and cache file.
+    overrides all four and sets threads, layout, grid and cache file. A
+    :class:`~graphprune.budget.Budget` may be given whole as ``budget`` instead of ``ratio`` and the
+    budget keywords; it also holds the planner's ``tradeoff`` between importance and savings.
 
     The model's inputs and output shapes never change; every group keeps at least one channel.
     ``ignore`` lists modules (names or objects) whose tensors keep their shape.
@@ -107,7 +110,12 @@ def plan(
     statistics change): ``plan.inexact`` says why, and ``exact_only=True`` keeps such groups whole.
     """
     check_model(model)
-    budget = _budget(ratio, macs, params, latency, overrides, max_ratio, round_to)
+    if budget is None:
+        budget = _budget(ratio, macs, params, latency, overrides, max_ratio, round_to)
+    elif not isinstance(budget, Budget):
+        raise InputError(f"budget must be a graphprune.Budget, got {type(budget).__name__}")
+    elif any(v is not None for v in (ratio, macs, params, latency, overrides, max_ratio, round_to)):
+        raise InputError("give either budget=Budget(...) or ratio and the budget keywords, not both")
     name, scorer = resolve_importance(importance)
     coupling = analyze(model, example_inputs=example_inputs, ignore=ignore, rules=rules, leaf_modules=leaf_modules)
     if exact_only:  # approximate groups keep every channel, whichever planner decides
@@ -180,7 +188,7 @@ def shrink(
 
 
 _BUDGET_KEYWORDS = frozenset({"macs", "params", "latency", "overrides", "max_ratio", "round_to", "device", "dtype", "batch_size",
-                              "hardware"})
+                              "hardware", "budget"})
 
 
 

@@ -57,7 +57,13 @@ class Budget:
     ``overrides`` maps fnmatch patterns on producer module names to a ratio for those groups
     (first match wins; under a global budget those groups are fixed and the rest compete);
     ``max_ratio`` caps the fraction any group loses; ``round_to`` rounds every kept width to a
-    multiple (an int, or ``"auto"`` for the device and dtype).
+    multiple (an int, or ``"auto"`` for the device and dtype). ``tradeoff`` (in [0, 1]) is how far
+    a global budget trades importance for savings: 0 ranks channels by importance alone (the cost
+    decides only where to stop), 1 by importance lost per unit of cost saved; the default is 0 for
+    MACs and parameters and 0.5 for latency (see :func:`greedy_decisions`).
+
+    >>> Budget(latency=0.5, tradeoff=1.0).to_dict()
+    {'latency': 0.5, 'tradeoff': 1.0}
     """
 
     ratio: float | None = None
@@ -67,6 +73,7 @@ class Budget:
     overrides: Mapping[str, float] = field(default_factory=dict)
     max_ratio: float | None = None
     round_to: int | str | None = None
+    tradeoff: float | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in ("ratio", *_KINDS) if getattr(self, k) is not None]
@@ -89,6 +96,10 @@ class Budget:
                 raise InputError(f"overrides[{pattern!r}] = {r} would remove every channel")
         if self.max_ratio is not None:
             _fraction(self.max_ratio, "max_ratio", closed_low=True)
+        if self.tradeoff is not None:
+            if self.kind == "ratio":
+                raise InputError("tradeoff applies to a MACs, params or latency budget, not a uniform ratio")
+            _fraction(self.tradeoff, "tradeoff", closed_low=True)
         if not (self.round_to is None or self.round_to == "auto" or
                 (isinstance(self.round_to, int) and not isinstance(self.round_to, bool) and self.round_to >= 1)):
             raise InputError(f"round_to must be a positive int or 'auto', got {self.round_to!r}")

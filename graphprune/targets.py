@@ -31,8 +31,8 @@ from .stats import count_macs, count_params
 __all__ = ["plan_with_budget", "latency_terms", "TOLERANCE", "COST_WEIGHT"]
 
 TOLERANCE = {"macs": 0.01, "params": 0.01, "latency": 0.05}
-# MACs and parameters: a global importance ranking (the most accurate plan that fits). Latency: half
-# way to the knapsack ratio, so channels whose removal buys little time are kept first.
+# Default tradeoffs. MACs and parameters: a global importance ranking (the most accurate plan that fits).
+# Latency: half way to the knapsack ratio, so channels whose removal buys little time are kept first.
 COST_WEIGHT = {"macs": 0.0, "params": 0.0, "latency": 0.5}
 _ROUNDS = 4
 
@@ -131,7 +131,7 @@ def plan_with_budget(
     best: tuple[float, Plan, float, float] | None = None
     for round_ in range(_ROUNDS):
         removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target,
-                                              cost_weight=COST_WEIGHT[budget.kind])
+                                              cost_weight=COST_WEIGHT[budget.kind] if budget.tradeoff is None else budget.tradeoff)
         # Counts are predicted exactly enough to refuse an impossible MACs or parameter budget up front;
         # a latency prediction is not, so the smallest plan is measured instead.
         if predicted > predicted_target * (1 + 1e-9) and round_ == 0 and budget.kind != "latency":

@@ -83,6 +83,9 @@ def test_max_ratio_caps_every_group():
     ({"ratio": 0.5, "overrides": {"layer1.*": 1.0}}, "every channel"),
     ({"ratio": 0.5, "round_to": 0}, "round_to"),
     ({"ratio": 0.5, "max_ratio": 2}, "max_ratio"),
+    ({"budget": graphprune.Budget(macs=0.5), "ratio": 0.5}, "not both"),
+    ({"budget": {"macs": 0.5}}, "must be a graphprune.Budget"),
+    ({"batch_size": 0, "latency": 0.5}, "batch_size"),
 ])
 def test_bad_budgets_are_refused(kwargs, match):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
@@ -90,6 +93,23 @@ def test_bad_budgets_are_refused(kwargs, match):
         graphprune.plan(model, example_inputs=torch.randn(1, 3, 8, 8), **kwargs)
     with pytest.raises(InputError, match="unexpected keyword"):
         graphprune.shrink(model, 0.5, example_inputs=torch.randn(1, 3, 8, 8), mac=0.5)
+
+
+def test_budget_object_and_tradeoff():
+    with pytest.raises(InputError, match="tradeoff must be a fraction"):
+        graphprune.Budget(macs=0.5, tradeoff=1.5)
+    with pytest.raises(InputError, match="not a uniform ratio"):
+        graphprune.Budget(ratio=0.5, tradeoff=0.5)
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18().eval(), torch.randn(1, 3, 32, 32)
+    by_keyword = graphprune.plan(model, macs=0.5, example_inputs=x)
+    by_object = graphprune.plan(model, budget=graphprune.Budget(macs=0.5), example_inputs=x)
+    assert by_object.to_json() == by_keyword.to_json()
+    # The knapsack end of the tradeoff removes by cost as well as importance: a different plan, same budget.
+    knapsack = graphprune.plan(model, budget=graphprune.Budget(macs=0.5, tradeoff=1.0), example_inputs=x)
+    assert knapsack.budget["tradeoff"] == 1.0 and knapsack.to_json() != by_keyword.to_json()
+    macs = graphprune.count_macs(graphprune.apply(model, knapsack), x) / graphprune.count_macs(model, x)
+    assert abs(macs - 0.5) <= 0.02
 
 
 class Tiny(torch.nn.Module):
@@ -152,3 +172,19 @@ def test_latency_target_within_ten_percent(tmp_path, target):
     dense = graphprune.measure_latency(model, x, min_run_time=2)
     measured = graphprune.measure_latency(shrunk, x, min_run_time=2)
     assert abs(measured / dense - target) <= 0.1 * target
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_latency_plan_on_cuda_in_bf16_at_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model, x = Tiny().eval(), torch.randn(1, 3, 32, 32)
+    plan = graphprune.plan(model, example_inputs=x, latency=0.7, device="cuda", dtype=torch.bfloat16, batch_size=32)
+    record = plan.budget
+    assert record["round_to_resolved"] == 8 and record["actual"] <= record["dense"]
+    keys = json.loads((tmp_path / "latency.json").read_text())
+    assert keys and all(k.startswith("cuda:") and "|bfloat16|" in k and "|batch=32|channels_last" in k for k in keys)
+    shrunk = graphprune.apply(model, plan)
+    widths = [m.out_channels for m in shrunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths)
+    assert graphprune.verify(model, plan, shrunk, x) <= 1e-4

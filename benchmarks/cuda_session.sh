@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every CUDA measurement and test of graphprune, as one short run (a lent GPU machine's time is scarce).
+# Writes under $OUT (default ./out/cuda): the latency-target table (markdown + JSONL), the dense-vs-shrunk
+# latency table and plot, the CUDA test log, and the latency lookup table it built.
+# Usage: OUT=out/cuda bash benchmarks/cuda_session.sh [smoke]
+#   smoke: the CUDA tests and one small latency plan only (about a minute), to check the machine first.
+# DEVICE=cpu SIZE=32 BATCH=2 MODELS=resnet18 makes a dry run on a machine without a GPU.
+set -u
+OUT=${OUT:-out/cuda}
+mkdir -p "$OUT/cache"
+export PYTHONPATH="$PWD:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+DEVICE=${DEVICE:-cuda} SIZE=${SIZE:-224} BATCH=${BATCH:-128} MODELS=${MODELS:-resnet50 vgg16_bn mobilenet_v2}
+DTYPE=${DTYPE:-bfloat16} MRT=${MRT:-0.5}
+log="$OUT/log.txt"
+python3 - <<'PY' 2>&1 | tee -a "$log"
+import platform, torch, torchvision, networkx
+print("torch", torch.__version__, "torchvision", torchvision.__version__, "networkx", networkx.__version__,
+      "python", platform.python_version(), "cuda", torch.cuda.is_available() and torch.cuda.get_device_name())
+PY
+if [ "$DEVICE" = cuda ]; then
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -m "" tests/test_budget.py tests/test_adversarial.py \
+    -k "cuda" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -5
+fi
+if [ "${1:-}" = smoke ]; then
+  timeout 120 python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
+    --batch 8 --size 64 --models resnet18 --targets 0.5 --min-run-time 0.2 --repeats 1 --threads 8 \
+    --cache "$OUT/cache/latency.json" --jsonl "$OUT/latency_target_smoke.jsonl" 2>&1 | tee -a "$log" | tail -3
+  exit 0
+fi
+# 1. Latency targets at the library's default tradeoff, all models and targets.
+timeout ${T1:-300} python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
+  --batch "$BATCH" --size "$SIZE" --models $MODELS --targets 0.75 0.5 --min-run-time "$MRT" --repeats 2 --threads 8 \
+  --cache "$OUT/cache/latency.json" --jsonl "$OUT/latency_target_cuda.jsonl" --out "$OUT/latency_target_cuda.md" \
+  2>&1 | tee -a "$log" | grep -v "^W1"
+# 2. The planner's tradeoff, both ends, at target 0.5 (tables come from the cache of step 1).
+timeout ${T2:-100} python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
+  --batch "$BATCH" --size "$SIZE" --models ${TRADEOFF_MODELS:-resnet50 mobilenet_v2} --targets 0.5 --tradeoffs 0 1 \
+  --min-run-time "$MRT" --repeats 2 --threads 8 --cache "$OUT/cache/latency.json" \
+  --jsonl "$OUT/latency_target_cuda.jsonl" 2>&1 | tee -a "$log" | grep "^| "
+# 3. Dense vs shrunk at ratio 0.5 (widths rounded to 8), eager and CUDA graphs, Torch-Pruning at equal MACs.
+if [ "$DEVICE" = cuda ]; then
+  timeout ${T3:-120} python3 benchmarks/latency.py --device cuda --models $MODELS --ratio 0.5 --round-to 8 \
+    --batch 1 "$BATCH" --dtype "$DTYPE" --channels-last --mode eager cudagraphs --min-run-time 0.1 --repeats 2 \
+    --threads 8 --torch-pruning --markdown "$OUT/latency_cuda.md" --plot "$OUT/latency_cuda.png" 2>&1 | tee -a "$log" | tail -40
+fi
