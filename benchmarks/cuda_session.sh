@@ -17,7 +17,7 @@ import platform, torch, torchvision, networkx
 print("torch", torch.__version__, "torchvision", torchvision.__version__, "networkx", networkx.__version__,
       "python", platform.python_version(), "cuda", torch.cuda.is_available() and torch.cuda.get_device_name())
 PY
-if [ "$DEVICE" = cuda ]; then
+if [ "$DEVICE" = cuda ] && [ -z "${SKIP_TESTS:-}" ]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider -m "" tests/test_budget.py tests/test_adversarial.py \
     -k "cuda" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -5
 fi

@@ -134,7 +134,13 @@ def _prepare(model: nn.Module, x: torch.Tensor, config: Config) -> Callable[[], 
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
             model(static_x)
-        return graph.replay
+
+        # The graph replays raw addresses: the model's weights and the static input must outlive it, or the
+        # allocator hands their memory to the next model and replay reads freed memory.
+        def replay(graph: torch.cuda.CUDAGraph = graph, keep: tuple[object, ...] = (model, static_x)) -> None:
+            graph.replay()
+
+        return replay
 
     def forward() -> object:
         with torch.inference_mode():

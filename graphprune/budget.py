@@ -60,7 +60,7 @@ class Budget:
     multiple (an int, or ``"auto"`` for the device and dtype). ``tradeoff`` (in [0, 1]) is how far
     a global budget trades importance for savings: 0 ranks channels by importance alone (the cost
     decides only where to stop), 1 by importance lost per unit of cost saved; the default is 0 for
-    MACs and parameters and 0.5 for latency (see :func:`greedy_decisions`).
+    MACs and parameters and 1 for latency (see :func:`greedy_decisions`).
 
     >>> Budget(latency=0.5, tradeoff=1.0).to_dict()
     {'latency': 0.5, 'tradeoff': 1.0}

@@ -32,8 +32,9 @@ __all__ = ["plan_with_budget", "latency_terms", "TOLERANCE", "COST_WEIGHT"]
 
 TOLERANCE = {"macs": 0.01, "params": 0.01, "latency": 0.05}
 # Default tradeoffs. MACs and parameters: a global importance ranking (the most accurate plan that fits).
-# Latency: half way to the knapsack ratio, so channels whose removal buys little time are kept first.
-COST_WEIGHT = {"macs": 0.0, "params": 0.0, "latency": 0.5}
+# Latency: the knapsack ratio (importance lost per second saved). On an H200 (bf16, batch 128) a tradeoff
+# of 0.5 or 0 emptied resnet50 to 1% of its MACs to reach half its latency; 1.0 reached it at 40%.
+COST_WEIGHT = {"macs": 0.0, "params": 0.0, "latency": 1.0}
 _ROUNDS = 4
 
 
