@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Block", "ChannelMap", "LayoutError", "reshape_channels"]
+__all__ = ["Block", "ChannelMap", "LayoutError", "reshape_channels", "reshape_groups"]
 
 
 class LayoutError(Exception):
@@ -121,6 +121,15 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
         groups[-1][0].extend(rest_a)
         groups[-1][1].extend(rest_b)
     return groups
+
+
+def reshape_groups(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """The runs of input dims and output dims that a view maps onto each other (equal products).
+
+    >>> reshape_groups((1, 4, 8, 6), (4, 8, 2, 3))
+    [([0, 1], [0]), ([2], [1]), ([3], [2, 3])]
+    """
+    return _reshape_groups(list(in_shape), list(out_shape))
 
 
 def _field(block: Block, in_dims: list[int], in_shape: Sequence[int]) -> np.ndarray:

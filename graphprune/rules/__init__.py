@@ -8,13 +8,13 @@ so that no caller ever mutates a shared table.
 from __future__ import annotations
 
 from ..registry import Registry
-from . import attention, contractions, elementwise, functional, layers, norms, reductions, shapes
+from . import attention, contractions, elementwise, functional, layers, mvit, norms, reductions, repeat, shapes
 
 __all__ = ["builtin_rules"]
 
 
 def builtin_rules() -> Registry:
     registry = Registry()
-    for family in (layers, norms, attention, contractions, elementwise, reductions, shapes, functional):
+    for family in (layers, norms, attention, contractions, elementwise, reductions, shapes, repeat, functional, mvit):
         registry.update(family.RULES)
     return registry

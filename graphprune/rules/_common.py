@@ -6,9 +6,11 @@ from typing import Any
 
 import torch.fx
 
-from ..channels import ChannelMap, LayoutError
+import numpy as np
 
-__all__ = ["input_arg", "arg", "pass_through", "join_rows", "join_tensor_arg"]
+from ..channels import Block, ChannelMap, LayoutError
+
+__all__ = ["input_arg", "arg", "pass_through", "join_rows", "join_tensor_arg", "project", "fix_untracked_dims"]
 
 
 def arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -63,3 +65,51 @@ def join_tensor_arg(ctx, value: Any, dim: int, atoms, what: str) -> None:
         ctx.pin(atoms, f"{what} whose parameter cannot shrink")
     else:
         ctx.join(theirs, atoms)
+
+
+def project(ctx, block: Block, keep) -> Block | None:
+    """Join a block's atoms along every dim outside ``keep`` and drop those dims; None if no dim is kept.
+
+    The dropped dims then never shrink: each slice along the kept dims (a head's whole
+    ``head_dim`` row) becomes one channel, removed whole.
+    """
+    axes = [i for i, d in enumerate(block.dims) if d in set(keep)]
+    if not axes:
+        return None
+    dropped = [i for i in range(len(block.dims)) if i not in axes]
+    if not dropped:
+        return block
+    moved = np.moveaxis(block.atoms, dropped, list(range(len(axes), len(block.dims))))
+    flat = moved.reshape(moved.shape[:len(axes)] + (-1,))
+    for j in range(1, flat.shape[-1]):
+        ctx.join(flat[..., 0], flat[..., j])
+    return Block(tuple(block.dims[i] for i in axes), np.ascontiguousarray(flat[..., 0]))
+
+
+def fix_untracked_dims(ctx, maps: list[ChannelMap], shapes, skip: frozenset[int] = frozenset()) -> list[ChannelMap]:
+    """Operands of equal rank that meet dim by dim: a dim one operand leaves untracked cannot shrink in the others.
+
+    A multi-dim block is joined along such a dim (its rows go whole, :func:`project`) rather
+    than kept entirely; a block with no other dim is returned unchanged, for the caller to pin.
+    Dims in ``skip`` (a concatenated dim) do not meet. Repeats until no operand changes,
+    since a projection can leave a dim untracked that another operand tracks.
+    """
+    maps = list(maps)
+    changed = True
+    while changed:
+        changed = False
+        for k, cmap in enumerate(maps):
+            blocks = []
+            for block in cmap.blocks:
+                fixed = {
+                    d for i, d in enumerate(block.dims)
+                    if d not in skip and block.atoms.shape[i] > 1 and any(
+                        o != k and other.block_at(d) is None and shapes[o][d] == block.atoms.shape[i]
+                        for o, other in enumerate(maps)
+                    )
+                }
+                kept = project(ctx, block, set(block.dims) - fixed) if fixed and fixed != set(block.dims) else block
+                changed |= kept is not block
+                blocks.append(kept)
+            maps[k] = ChannelMap(tuple(blocks))
+    return maps

@@ -38,10 +38,13 @@ def conv(ctx, node):
     x = input_arg(node)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(ctx.shape(x)))
     cdim = len(ctx.shape(x)) - len(m.kernel_size) - 1  # 1, or 0 for an unbatched input
-    in_atoms = _only_dim(cmap, cdim, type(m).__name__)
+    # Channels folded into the batch dim (MViT pools each head as a sample) pass through: the
+    # conv treats samples alone and shares its weight between them.
+    samples = ChannelMap(tuple(b for b in cmap.blocks if max(b.dims) < cdim))
+    in_atoms = _only_dim(ChannelMap(tuple(b for b in cmap.blocks if max(b.dims) >= cdim)), cdim, type(m).__name__)
     if m.groups == m.in_channels and m.groups > 1:
         if in_atoms is None:
-            return ChannelMap()
+            return samples
         out = np.repeat(in_atoms, m.out_channels // m.in_channels)
     else:
         if in_atoms is not None:
@@ -53,7 +56,7 @@ def conv(ctx, node):
         out = np.tile(ctx.new_channels(m.out_channels // m.groups), m.groups)
     ctx.use_tensor(node.target, "weight", 0, out, Role.PRODUCER)
     ctx.use_tensor(node.target, "bias", 0, out, Role.BIAS)
-    return ChannelMap.single(cdim, out)
+    return samples.with_block(Block((cdim,), out))
 
 
 @RULES.resizer(nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -11,9 +11,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from ..channels import Block, ChannelMap, LayoutError, reshape_channels
+from ..channels import Block, ChannelMap, LayoutError, reshape_channels, reshape_groups
 from ..registry import Registry
-from ._common import arg, input_arg, pass_through
+from ._common import arg, fix_untracked_dims, input_arg, pass_through, project
 
 __all__ = ["RULES"]
 
@@ -56,6 +56,7 @@ def reshape(ctx, node):
     if not cmap:
         _tie_run_time_sizes(ctx, node, ChannelMap())
         return ChannelMap()
+    cmap = _rows_across_groups(ctx, cmap, ctx.shape(x), ctx.shape(node))
     out, changed, pinned = reshape_channels(cmap, ctx.shape(x), ctx.shape(node))
     ctx.pin(pinned, "channel folded into an untracked dim")
     sizes, prefix = _size_args(node)
@@ -70,6 +71,24 @@ def reshape(ctx, node):
         if len(block.dims) > 1 and any(not isinstance(sizes[d], int) or sizes[d] == -1 for d in block.dims):
             _keep_grid(ctx, block)
     return out
+
+
+def _rows_across_groups(ctx, cmap: ChannelMap, in_shape, out_shape) -> ChannelMap:
+    """A view that sends the dims of one channel block to different output dims keeps its leading rows whole.
+
+    MViT's pooling views ``[B, heads, head_dim, N]`` as ``[B * heads, head_dim, T, H, W]``:
+    heads join the batch, head_dim becomes the conv's channel dim. A block can only be cut
+    along whole slices, so its atoms are joined along the dims outside the first group of
+    dims the view maps together (each head's head_dim becomes part of the head's channel):
+    the heads stay prunable and head_dim keeps its size. Joining never makes a plan unsound.
+    """
+    cmap = cmap.normalized(len(in_shape))
+    group_of = {d: g for g, (in_dims, _) in enumerate(reshape_groups(in_shape, out_shape)) for d in in_dims}
+    blocks = []
+    for block in cmap.blocks:
+        first = min(group_of[d] for d in block.dims)
+        blocks.append(project(ctx, block, [d for d in block.dims if group_of[d] == first]))
+    return ChannelMap(tuple(blocks))
 
 
 def _keep_grid(ctx, block: Block) -> None:
@@ -269,8 +288,9 @@ def split(ctx, node):
 def cat(ctx, node):
     """Concatenation: the output's channel dim lists each input's channels in turn.
 
-    The other dims must agree, so their channels are joined. An input whose
-    concatenated dim is untracked gets fixed (pinned) channels of its own.
+    The other dims must agree, so their channels are joined; a dim that one input leaves
+    untracked cannot shrink in the others (a multi-dim block is joined along it, a single
+    one pinned). An input whose concatenated dim is untracked gets fixed (pinned) channels of its own.
     """
     tensors = list(arg(node, 0, "tensors"))
     ndim = len(ctx.shape(node))
@@ -278,6 +298,8 @@ def cat(ctx, node):
     maps = [(ctx.channels(t) or ChannelMap()).normalized(ndim) for t in tensors]
     if not any(maps):
         return ChannelMap()
+    # A class token split off a heads x head_dim tensor meets the pooled tokens, whose head_dim no longer shrinks.
+    maps = fix_untracked_dims(ctx, maps, [ctx.shape(t) for t in tensors], skip=frozenset({dim}))
     others = [m.without(dim) for m in maps]
     joined = _join_same_dims(ctx, others, [ctx.shape(t) for t in tensors])
     if all(m.block_at(dim) is None for m in maps):
