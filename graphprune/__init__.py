@@ -19,7 +19,7 @@ from .registry import Registry, default_registry
 from .serialize import load, save
 from .stats import count_macs, count_params, measure_latency
 from .equivalence import Verdict, verdict
-from .errors import InexactWarning
+from .errors import BudgetWarning, InexactWarning
 from .budget import Budget
 from .latency_table import Hardware
 from .plots import plot_widths
@@ -40,6 +40,6 @@ __all__ = [
     "distributed",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
 ]
-__all__ += ["verdict", "Verdict", "InexactWarning"]
+__all__ += ["verdict", "Verdict", "InexactWarning", "BudgetWarning"]
 
 __version__ = "0.1.0"

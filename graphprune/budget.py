@@ -239,14 +239,12 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
                 if i in cost.terms_of_group.get(other, ()):
                     neighbours[gid].add(other)
 
-    def candidate(gid: int) -> tuple[float, int, float] | None:
-        """(priority, removed count to move to, cost saved by the move), or None when the group is spent."""
+    def options(gid: int) -> list[tuple[float, int, int, float]]:
+        """The group's next moves, each (priority, group id, removed count to move to, cost saved)."""
         now = removed.get(gid, 0)
         ahead = [r for r in steps[gid] if r > now][: 1 if cost_weight == 0 else lookahead]
-        if not ahead:
-            return None
-        before = cost.group_part(gid, removed)
-        best: tuple[float, int, float] | None = None
+        before = cost.group_part(gid, removed) if ahead else 0.0
+        out = []
         for nxt in ahead:
             n = nxt - now
             lost = (normalised[gid][nxt] - normalised[gid][now]) / n
@@ -255,26 +253,28 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
                 priority = lost
             else:
                 priority = math.inf if saved <= 0 else lost / (saved / n) ** cost_weight
-            if best is None or priority < best[0]:
-                best = (priority, nxt, saved)
-        return best
+            out.append((priority, gid, nxt, saved))
+        return out
 
     current = cost.total(removed)
-    cands = {gid: candidate(gid) for gid in free}
+    moves = {gid: options(gid) for gid in free}
     floor = target * (1 - fit)
     while current > target:
-        live = sorted((c[0], gid, c[1], c[2]) for gid, c in cands.items() if c is not None)
+        live = sorted(min(m) for m in moves.values() if m)
         if not live:
             break
-        # The last move may be a coarse one (a conv channel can be 2% of a small model): when the best move
-        # would land below the target by more than ``fit``, take the best move that lands closer instead.
+        # The last move may be a coarse one (a conv channel can be 2% of a small model, a lookahead move
+        # several steps): when the best move would land below the target by more than ``fit``, take the
+        # best of all moves that land within it, or failing that the one that lands nearest the target.
         move = live[0]
         if current - move[3] < floor:
-            move = next((m for m in live if floor <= current - m[3]), move)
+            every = sorted(m for ms in moves.values() for m in ms)
+            move = next((m for m in every if floor <= current - m[3] <= target),
+                        max(every, key=lambda m: (min(current - m[3], target), -m[0])))
         _, gid, nxt, _ = move
         before = cost.group_part(gid, removed)
         removed[gid] = nxt
         current += cost.group_part(gid, removed) - before
         for other in neighbours[gid] | {gid}:
-            cands[other] = candidate(other)
+            moves[other] = options(other)
     return {g: r for g, r in removed.items() if r}, current

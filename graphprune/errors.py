@@ -18,6 +18,7 @@ __all__ = [
     "RewriteError",
     "describe_node",
     "InexactWarning",
+    "BudgetWarning",
 ]
 
 
@@ -76,6 +77,14 @@ class PlanError(GraphPruneError, ValueError):
 
 class RewriteError(GraphPruneError):
     """The rewritten model failed its postcondition (a bug in a rule: please report it)."""
+
+
+class BudgetWarning(UserWarning):
+    """A budgeted plan was not measured within tolerance of its target, or fell back to the dense model.
+
+    The plan meets the budget (it is never slower or larger than asked) but may prune more than needed;
+    ``plan.budget`` records the requested, predicted and measured figures.
+    """
 
 
 class InexactWarning(UserWarning):

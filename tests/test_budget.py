@@ -158,7 +158,39 @@ def test_latency_budget_never_returns_a_slower_model(tmp_path, monkeypatch):
         plan = graphprune.plan(model, example_inputs=x, latency=0.5,
                                hardware=Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.01, model_min_run_time=0.05))
     assert plan.removed_channels == 0 and "fell back" in plan.budget["note"]
-    assert any("not faster than the dense" in str(w.message) for w in caught)
+    assert any("not faster than the dense" in str(w.message) and w.category is graphprune.BudgetWarning for w in caught)
+
+
+def _fake_device(monkeypatch, x, floor):
+    """A device on which latency is ``floor`` of dense plus the rest in proportion to MACs squared: steeper
+    than the table predicts, with an overhead no pruning removes."""
+    import graphprune.targets as targets
+
+    dense_macs = graphprune.count_macs(Tiny(), x)
+
+    def latency(m, args, hw):
+        return floor + (1 - floor) * (graphprune.count_macs(m, x) / dense_macs) ** 2
+
+    monkeypatch.setattr(targets, "_latency", latency)
+
+
+def test_latency_rounds_converge_on_a_device_unlike_the_table(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model, x = Tiny().eval(), torch.randn(1, 3, 16, 16)
+    _fake_device(monkeypatch, x, floor=0.3)
+    hw = Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.005)
+    plan = graphprune.plan(model, example_inputs=x, latency=0.6, hardware=hw)
+    assert abs(plan.budget["actual_fraction"] / 0.6 - 1) <= 0.05, plan.budget
+
+
+def test_unreachable_latency_is_refused_with_the_measured_floor(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model, x = Tiny().eval(), torch.randn(1, 3, 16, 16)
+    _fake_device(monkeypatch, x, floor=0.8)  # no plan runs under 0.8 of dense
+    hw = Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.005)
+    with pytest.raises(PlanError, match=r"latency budget 0.5 cannot be met on cpu .* measured 0\.8") as info:
+        graphprune.plan(model, example_inputs=x, latency=0.5, hardware=hw)
+    assert "batch_size" in str(info.value)
 
 
 @pytest.mark.slow
