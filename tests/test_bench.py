@@ -49,3 +49,22 @@ def test_compile_mode_times_compiled_models():
     rows = run_benchmark({"m": (_net(16), _net(8))}, (3, 8, 8), [Config("cpu", 1, "float32", False, "compile")],
                          min_run_time=0.01, progress=False)
     assert rows[0].dense_ms > 0 and rows[0].shrunk_ms > 0 and rows[0].macs_reduction == pytest.approx(2, rel=0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replays_read_live_weights():
+    import gc
+
+    from graphprune.bench import _prepare
+
+    x = torch.randn(2, 3, 12, 12)
+    model = _net(16)
+    replay = _prepare(model, x, Config("cuda", 2, "float32", False, "cudagraphs"))
+    gc.collect()
+    # Churn the allocator: memory freed by a dropped copy would be handed out here, and replay would read it.
+    churn = [torch.full((1 << 20,), float("nan"), device="cuda") for _ in range(8)]
+    replay()
+    torch.cuda.synchronize()
+    kept = [k for k in replay.__defaults__ if isinstance(k, tuple)][0]
+    assert any(isinstance(k, nn.Module) and next(k.parameters()).is_cuda for k in kept)
+    del churn
