@@ -40,13 +40,18 @@ _ROUNDS = 4
 _LATENCY_ROUNDS = 6  # each round times the model: a poor prediction (per-call overhead, shared machines) needs more
 
 
-def _choose(tried: list[tuple[Plan, float, float]], wanted: float, tolerance: float) -> tuple[Plan, float, float]:
-    """The plan to return: of those measured within tolerance of the target, the least pruned (the
-    slowest or largest); if none is, the nearest."""
+def _choose(tried: list[tuple[Plan, float, float]], wanted: float, tolerance: float,
+            bound: bool) -> tuple[Plan, float, float]:
+    """The plan to return: of those measured within tolerance of the target, the least pruned.
+    Otherwise, if the target is a ``bound`` (latency: a plan faster than asked meets it), the least
+    pruned of those under it, else the fastest; if not a bound, the nearest."""
     within = [t for t in tried if abs(t[2] / wanted - 1) <= tolerance]
     if within:
         return max(within, key=lambda t: t[2])
-    return min(tried, key=lambda t: abs(t[2] / wanted - 1))
+    if not bound:
+        return min(tried, key=lambda t: abs(t[2] / wanted - 1))
+    under = [t for t in tried if t[2] <= wanted]
+    return max(under, key=lambda t: t[2]) if under else min(tried, key=lambda t: t[2])
 
 
 def _kept_fraction(plan: Plan, coupling: Coupling) -> float:
@@ -176,7 +181,7 @@ def plan_with_budget(
             predicted_target = math.sqrt(too_fast * too_slow)
         else:  # damped: one noisy measurement must not send the next round to a degenerate plan
             predicted_target *= min(1.33, max(0.75, wanted / actual))
-    plan, predicted, actual = _choose(tried, wanted, tolerance)
+    plan, predicted, actual = _choose(tried, wanted, tolerance, bound=budget.kind == "latency")
     record.update({"dense": dense, "requested": wanted, "predicted": predicted, "actual": actual,
                    "actual_fraction": actual / dense, "rounds": round_ + 1})
     if budget.kind == "latency" and actual >= dense:

@@ -220,3 +220,13 @@ def test_latency_plan_on_cuda_in_bf16_at_batch(tmp_path, monkeypatch):
     widths = [m.out_channels for m in shrunk.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w % 8 == 0 for w in widths)
     assert graphprune.verify(model, plan, shrunk, x) <= 1e-4
+
+
+def test_a_latency_plan_under_the_target_beats_a_nearer_one_over_it():
+    from graphprune.targets import _choose
+
+    tried = [("fast", 0.0, 0.30), ("near-but-slow", 0.0, 0.58), ("fastest", 0.0, 0.20)]
+    assert _choose(tried, 0.5, 0.05, bound=True)[0] == "fast"  # meets the budget, least pruned of those that do
+    assert _choose(tried, 0.5, 0.05, bound=False)[0] == "near-but-slow"  # MACs/params: the nearest
+    assert _choose([("a", 0.0, 0.9), ("b", 0.0, 0.7)], 0.5, 0.05, bound=True)[0] == "b"  # none meets it: the fastest
+    assert _choose(tried + [("ok", 0.0, 0.49), ("ok-less-pruned", 0.0, 0.51)], 0.5, 0.05, bound=True)[0] == "ok-less-pruned"
