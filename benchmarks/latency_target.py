@@ -45,6 +45,31 @@ def _uniform_at_macs(model: torch.nn.Module, x: torch.Tensor, macs: int, round_t
     return ratio, shrunk
 
 
+def _kept_channels(plan: graphprune.Plan) -> float:
+    """Fraction of the prunable channels a plan keeps (groups whose channels are all pinned excluded)."""
+    groups = [g for g in plan.groups if len(g.pinned) < g.channels]
+    total = sum(g.channels for g in groups)
+    return 1 - sum(len(g.removed) for g in groups) / total if total else 1.0
+
+
+def _uniform_at_latency(model: torch.nn.Module, x: torch.Tensor, fraction: float, round_to: int,
+                        timing: Hardware) -> tuple[float, graphprune.Plan, float]:
+    """The uniform ratio (same rounding) whose measured latency is ``fraction`` of dense: bisected, 6 timings."""
+    dense = timing.model_seconds(model, (x,))
+    low, high, best = 0.0, 0.95, None
+    for _ in range(6):
+        ratio = (low + high) / 2
+        plan = graphprune.plan(model, ratio, example_inputs=x, round_to=round_to)
+        got = timing.model_seconds(graphprune.apply(model, plan), (x,)) / dense
+        if best is None or abs(got - fraction) < abs(best[2] - fraction):
+            best = (ratio, plan, got)
+        if abs(got / fraction - 1) <= 0.03:
+            break
+        low, high = (ratio, high) if got > fraction else (low, ratio)
+    assert best is not None
+    return best
+
+
 def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: Hardware, timing: Hardware,
          repeats: int, tradeoff: float | None) -> dict:
     macs0, params0 = graphprune.count_macs(model, x), graphprune.count_params(model)
@@ -59,6 +84,9 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
     # uniform unrounded (what a MACs-only pruner gives: widths off the hardware's tiles).
     ratio, uniform = _uniform_at_macs(model, x, macs, round_to)
     raw_ratio, raw = _uniform_at_macs(model, x, macs, None)
+    # At equal latency instead: how much of the network a uniform plan keeps, against the latency-aware one.
+    lat_ratio, lat_plan, lat_fraction = _uniform_at_latency(model, x, plan.budget["actual_fraction"], round_to, timing)
+    lat_macs = graphprune.count_macs(graphprune.apply(model, lat_plan), x)
     # Timed back to back, alternating, so slow drifts of a shared machine hit all of them alike.
     times: dict[str, list[float]] = {"dense": [], "plan": [], "uniform": [], "raw": []}
     for _ in range(repeats):
@@ -71,7 +99,10 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
             "load": os.getloadavg()[0], "gmacs": macs / 1e9, "macs_fraction": macs / macs0, "mparams": params / 1e6,
             "params_fraction": params / params0, "uniform_ratio": ratio, "uniform_ms": u, "speedup_vs_uniform": u / s,
             "raw_ratio": raw_ratio, "raw_ms": r, "speedup_vs_raw": r / s, "plan_s": seconds, "verify": rel,
-            "round_to": round_to, "table_measurements": b.get("table_measurements")}
+            "round_to": round_to, "table_measurements": b.get("table_measurements"),
+            "kept_channels": _kept_channels(plan), "uniform_equal_latency_ratio": lat_ratio,
+            "uniform_equal_latency_fraction": lat_fraction, "uniform_equal_latency_kept_channels": _kept_channels(lat_plan),
+            "uniform_equal_latency_macs_fraction": lat_macs / macs0}
 
 
 def _markdown(row: dict) -> str:
@@ -80,7 +111,10 @@ def _markdown(row: dict) -> str:
             f"| {row['measured_ms']:.2f}{note} | {row['fraction']:.3f} | {row['in_plan_fraction']:.3f} | {row['load']:.1f} "
             f"| {row['gmacs']:.3f} ({row['macs_fraction']:.2f}) | {row['mparams']:.2f} ({row['params_fraction']:.2f}) "
             f"| {row['uniform_ratio']:.3f} | {row['uniform_ms']:.2f} | {row['speedup_vs_uniform']:.2f}x "
-            f"| {row['raw_ms']:.2f} | {row['speedup_vs_raw']:.2f}x | {row['plan_s']:.0f} | {row['verify']:.0e} |")
+            f"| {row['raw_ms']:.2f} | {row['speedup_vs_raw']:.2f}x "
+            f"| {row['kept_channels']:.2f} / {row['uniform_equal_latency_kept_channels']:.2f} "
+            f"| {row['macs_fraction']:.2f} / {row['uniform_equal_latency_macs_fraction']:.2f} "
+            f"| {row['plan_s']:.0f} | {row['verify']:.0e} |")
 
 
 def main() -> None:
@@ -116,8 +150,9 @@ def main() -> None:
     lines = [header, "",
              "| model | target | tradeoff | dense ms | requested ms | predicted ms | measured ms | measured / dense | in-plan paired measured / dense "
              "| load avg | GMACs/img (frac.) | Mparams (frac.) | uniform ratio at equal MACs (same round_to) | uniform ms "
-             "| latency-aware speed-up vs uniform | uniform unrounded ms | speed-up vs unrounded | plan (s) | verify |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| latency-aware speed-up vs uniform | uniform unrounded ms | speed-up vs unrounded "
+             "| channels kept: latency-aware / uniform at equal latency | MACs kept: same | plan (s) | verify |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     print(header, flush=True)
     for name in args.models:
         model = getattr(torchvision.models, name)().eval()
