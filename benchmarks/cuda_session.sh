@@ -2,7 +2,9 @@
 # Every CUDA measurement and test of graphprune, as one short run (a lent GPU machine's time is scarce).
 # Writes under $OUT (default ./out/cuda): the latency-target table (markdown + JSONL), the dense-vs-shrunk
 # latency table and plot, the CUDA test log, and the latency lookup table it built.
-# Usage: OUT=out/cuda bash benchmarks/cuda_session.sh [smoke]
+# Usage: OUT=out/cuda bash benchmarks/cuda_session.sh [smoke]     (about 10 minutes of a 15-minute lease;
+#   SKIP_TESTS=1 skips the CUDA tests, T1/T2/T3 cap the three steps in seconds; carry a torch-pruning wheel and
+#   put it on PYTHONPATH for step 3's peer comparison)
 #   smoke: the CUDA tests and one small latency plan only (about a minute), to check the machine first.
 # DEVICE=cpu SIZE=32 BATCH=2 MODELS=resnet18 makes a dry run on a machine without a GPU.
 set -u
@@ -28,18 +30,19 @@ if [ "${1:-}" = smoke ]; then
   exit 0
 fi
 # 1. Latency targets at the library's default tradeoff, all models and targets.
-timeout ${T1:-300} python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
+timeout ${T1:-330} python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
   --batch "$BATCH" --size "$SIZE" --models $MODELS --targets 0.75 0.5 --min-run-time "$MRT" --repeats 2 --threads 8 \
   --cache "$OUT/cache/latency.json" --jsonl "$OUT/latency_target_cuda.jsonl" --out "$OUT/latency_target_cuda.md" \
   2>&1 | tee -a "$log" | grep -v "^W1"
-# 2. The planner's tradeoff, both ends, at target 0.5 (tables come from the cache of step 1).
-timeout ${T2:-100} python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
-  --batch "$BATCH" --size "$SIZE" --models ${TRADEOFF_MODELS:-resnet50 mobilenet_v2} --targets 0.5 --tradeoffs 0 1 \
+# 2. Optional (TRADEOFF_MODELS=...): the planner's tradeoff, both ends, at target 0.5 (tables from step 1's cache).
+[ -n "${TRADEOFF_MODELS:-}" ] && timeout ${T2:-100} python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
+  --batch "$BATCH" --size "$SIZE" --models ${TRADEOFF_MODELS:-} --targets 0.5 --tradeoffs 0 0.5 \
   --min-run-time "$MRT" --repeats 2 --threads 8 --cache "$OUT/cache/latency.json" \
   --jsonl "$OUT/latency_target_cuda.jsonl" 2>&1 | tee -a "$log" | grep "^| "
 # 3. Dense vs shrunk at ratio 0.5 (widths rounded to 8), eager and CUDA graphs, Torch-Pruning at equal MACs.
 if [ "$DEVICE" = cuda ]; then
-  timeout ${T3:-120} python3 benchmarks/latency.py --device cuda --models $MODELS --ratio 0.5 --round-to 8 \
+  TP=$(python3 -c "import torch_pruning" 2>/dev/null && echo --torch-pruning)
+  timeout ${T3:-200} python3 benchmarks/latency.py --device cuda --models $MODELS --ratio 0.5 --round-to 8 \
     --batch 1 "$BATCH" --dtype "$DTYPE" --channels-last --mode eager cudagraphs --min-run-time 0.1 --repeats 2 \
-    --threads 8 --torch-pruning --markdown "$OUT/latency_cuda.md" --plot "$OUT/latency_cuda.png" 2>&1 | tee -a "$log" | tail -40
+    --threads 8 ${TP:-} --markdown "$OUT/latency_cuda.md" --plot "$OUT/latency_cuda.png" 2>&1 | tee -a "$log" | tail -40
 fi
