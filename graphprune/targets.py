@@ -173,6 +173,8 @@ def plan_with_budget(
         tried.append((plan, predicted, actual))
         if abs(actual / wanted - 1) <= tolerance:
             break
+        if budget.kind == "latency" and predicted > predicted_target * (1 + 1e-9) and actual > wanted:
+            break  # the smallest plan the scope allows, and still too slow: more rounds cannot help
         if actual > wanted:
             too_slow = min(too_slow, predicted_target)
         else:
