@@ -31,7 +31,7 @@ import graphprune  # noqa: E402
 from examples.digits import accuracy, finetune_distilled, load_digits_32, train  # noqa: E402
 from examples.models import MODELS  # noqa: E402
 from graphprune.latency_table import Hardware  # noqa: E402
-from latency_target import _kept_channels, _uniform_at_latency  # noqa: E402
+from latency_target import _uniform_at_latency  # noqa: E402
 
 
 def _recalibrated_accuracy(model: torch.nn.Module, data) -> float:
@@ -75,7 +75,7 @@ def main() -> None:
                     macs = graphprune.count_macs(small, x) / dense_macs
                     pruned = _recalibrated_accuracy(small, data)
                     finetune_distilled(small, dense, data, epochs=args.finetune_epochs, seed=seed)
-                    lines.append(f"| {name} | {seed} | {target} | {label} | {measured:.3f} | {_kept_channels(p):.2f} | {macs:.2f} "
+                    lines.append(f"| {name} | {seed} | {target} | {label} | {measured:.3f} | {p.kept_fraction:.2f} | {macs:.2f} "
                                  f"| {pruned:.4f} | {accuracy(small, data):.4f} | {dense_acc:.4f} | {error:.0e} |")
                     print(lines[-1], flush=True)
     lines += ["", f"{time.perf_counter() - start:.0f} s in all. Command: `python benchmarks/latency_accuracy.py "

@@ -28,7 +28,7 @@ import torchvision
 import graphprune
 import graphprune.budget
 from graphprune.latency_table import Hardware
-from graphprune.targets import COST_WEIGHT
+from graphprune.targets import DEFAULT_TRADEOFF
 
 
 def _uniform_at_macs(model: torch.nn.Module, x: torch.Tensor, macs: int, round_to: int | None) -> tuple[float, torch.nn.Module]:
@@ -43,13 +43,6 @@ def _uniform_at_macs(model: torch.nn.Module, x: torch.Tensor, macs: int, round_t
             break
         ratio = min(0.95, max(0.0, 1 - (1 - ratio) * math.sqrt(macs / got)))
     return ratio, shrunk
-
-
-def _kept_channels(plan: graphprune.Plan) -> float:
-    """Fraction of the prunable channels a plan keeps (groups whose channels are all pinned excluded)."""
-    groups = [g for g in plan.groups if len(g.pinned) < g.channels]
-    total = sum(g.channels for g in groups)
-    return 1 - sum(len(g.removed) for g in groups) / total if total else 1.0
 
 
 def _uniform_at_latency(model: torch.nn.Module, x: torch.Tensor, fraction: float, round_to: int,
@@ -94,14 +87,14 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
             times[key].append(timing.model_seconds(m, (x,)) * 1e3)
     d, s, u, r = (min(times[k]) for k in ("dense", "plan", "uniform", "raw"))
     b = plan.budget
-    return {"model": name, "target": target, "tradeoff": tradeoff if tradeoff is not None else COST_WEIGHT["latency"], "dense_ms": d, "requested_ms": target * d, "predicted_ms": b["predicted"] * 1e3,
+    return {"model": name, "target": target, "tradeoff": tradeoff if tradeoff is not None else DEFAULT_TRADEOFF["latency"], "dense_ms": d, "requested_ms": target * d, "predicted_ms": b["predicted"] * 1e3,
             "measured_ms": s, "fraction": s / d, "in_plan_fraction": b["actual_fraction"], "fell_back": "note" in b,
             "load": os.getloadavg()[0], "gmacs": macs / 1e9, "macs_fraction": macs / macs0, "mparams": params / 1e6,
             "params_fraction": params / params0, "uniform_ratio": ratio, "uniform_ms": u, "speedup_vs_uniform": u / s,
             "raw_ratio": raw_ratio, "raw_ms": r, "speedup_vs_raw": r / s, "plan_s": seconds, "verify": rel,
             "round_to": round_to, "table_measurements": b.get("table_measurements"),
-            "kept_channels": _kept_channels(plan), "uniform_equal_latency_ratio": lat_ratio,
-            "uniform_equal_latency_fraction": lat_fraction, "uniform_equal_latency_kept_channels": _kept_channels(lat_plan),
+            "kept_channels": plan.kept_fraction, "uniform_equal_latency_ratio": lat_ratio,
+            "uniform_equal_latency_fraction": lat_fraction, "uniform_equal_latency_kept_channels": lat_plan.kept_fraction,
             "uniform_equal_latency_macs_fraction": lat_macs / macs0}
 
 

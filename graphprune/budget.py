@@ -260,13 +260,12 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
     moves = {gid: options(gid) for gid in free}
     floor = target * (1 - fit)
     while current > target:
-        live = sorted(min(m) for m in moves.values() if m)
-        if not live:
+        move = min((min(m) for m in moves.values() if m), default=None)
+        if move is None:
             break
         # The last move may be a coarse one (a conv channel can be 2% of a small model, a lookahead move
         # several steps): when the best move would land below the target by more than ``fit``, take the
         # best of all moves that land within it, or failing that the one that lands nearest the target.
-        move = live[0]
         if current - move[3] < floor:
             every = sorted(m for ms in moves.values() for m in ms)
             move = next((m for m in every if floor <= current - m[3] <= target),

@@ -90,9 +90,9 @@ class Hardware:
         t = benchmark.Timer(stmt=stmt, globals=glob, num_threads=self.num_threads)
         return t.blocked_autorange(min_run_time=min_run_time or self.layer_min_run_time).median
 
-    def tensor(self, t: torch.Tensor, *, batched: bool = True) -> torch.Tensor:
+    def tensor(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` on this device (floating tensors in this dtype), its batch repeated to ``batch_size``, in this layout."""
-        if batched and self.batch_size and t.dim() > 0 and t.shape[0] != self.batch_size:
+        if self.batch_size and t.dim() > 0 and t.shape[0] != self.batch_size:
             reps = -(-self.batch_size // t.shape[0])
             t = t.repeat(reps, *([1] * (t.dim() - 1)))[: self.batch_size]
         t = t.to(self.device, self.torch_dtype) if t.is_floating_point() else t.to(self.device)
@@ -100,16 +100,16 @@ class Hardware:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 
-    def module(self, module: nn.Module) -> nn.Module:
-        """A copy of ``module`` on this device, in this dtype and layout, in eval mode."""
-        moved = copy.deepcopy(module).to(self.device, self.torch_dtype)
+    def place(self, module: nn.Module) -> nn.Module:
+        """``module`` itself, moved to this device, dtype and layout, in eval mode."""
+        module = module.to(self.device, self.torch_dtype)
         if self.channels_last:
-            moved = moved.to(memory_format=torch.channels_last)
-        return moved.eval()
+            module = module.to(memory_format=torch.channels_last)
+        return module.eval()
 
     def model_seconds(self, model: nn.Module, args: tuple[Any, ...]) -> float:
-        """Median seconds of one forward pass of ``model(*args)``, prepared as this hardware says."""
-        moved = self.module(model)
+        """Median seconds of one forward pass of ``model(*args)``, run on a placed copy (``model`` is untouched)."""
+        moved = self.place(copy.deepcopy(model))
         moved_args = tuple(self.tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
         with torch.no_grad():
             moved(*moved_args)  # warm-up: kernel selection, allocator
@@ -221,13 +221,9 @@ class LatencyTable:
     def _measure(self, spec: LayerSpec, cin: int, cout: int) -> float:
         hw = self.hardware
         module, shape = spec.build(cin, cout)
-        if hw.batch_size:
-            shape = (hw.batch_size, *shape[1:])
-        module = module.to(hw.device, hw.torch_dtype).eval()
-        # Drawn on the device: a batch-128 activation drawn on the host would cost more than the timing.
-        x = torch.randn(shape, device=hw.device, dtype=hw.torch_dtype)
-        if hw.channels_last and x.dim() == 4:
-            module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        module = hw.place(module)
+        # Drawn on the device at the batch size: a batch-128 activation drawn on the host costs more than the timing.
+        x = hw.tensor(torch.randn((hw.batch_size or shape[0], *shape[1:]), device=hw.device, dtype=hw.torch_dtype))
         with torch.no_grad():
             module(x)  # warm-up: kernel selection, allocator
             return hw.timer("module(x)", {"module": module, "x": x})
@@ -252,8 +248,8 @@ class LayerLatency:
     by_cin: np.ndarray  # seconds at (each cin, dense cout); unused for depthwise
 
     @classmethod
-    def measure(cls, spec: LayerSpec, table: LatencyTable, round_to: int, points: int | None = None) -> LayerLatency:
-        points = points or table.hardware.points
+    def measure(cls, spec: LayerSpec, table: LatencyTable, round_to: int) -> LayerLatency:
+        points = table.hardware.points
         couts = width_grid(spec.out_channels, round_to, points)
         if spec.depthwise:
             line = np.array([table.lookup(spec, c, c) for c in couts])

@@ -114,6 +114,13 @@ class Plan:
     def removed_channels(self) -> int:
         return sum(len(g.removed) for g in self.groups)
 
+    @property
+    def kept_fraction(self) -> float:
+        """Fraction of the prunable channels (those of groups not wholly pinned) that the plan keeps."""
+        groups = [g for g in self.groups if len(g.pinned) < g.channels]
+        total = sum(g.channels for g in groups)
+        return 1 - sum(len(g.removed) for g in groups) / total if total else 1.0
+
     def summary(self) -> str:
         """One line per group that loses channels."""
         lines = [f"{self.model}: {len(self.groups)} groups, {self.removed_channels} channels removed"]

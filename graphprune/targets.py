@@ -29,13 +29,13 @@ from .planning import Plan, make_plan, score_group
 from .rewrite import apply_plan
 from .stats import count_macs, count_params
 
-__all__ = ["plan_with_budget", "latency_terms", "TOLERANCE", "COST_WEIGHT"]
+__all__ = ["plan_with_budget", "latency_terms", "TOLERANCE", "DEFAULT_TRADEOFF"]
 
 TOLERANCE = {"macs": 0.01, "params": 0.01, "latency": 0.05}
 # Default tradeoffs. MACs and parameters: a global importance ranking (the most accurate plan that fits).
 # Latency: the knapsack ratio (importance lost per second saved). On an H200 (bf16, batch 128) a tradeoff
 # of 0.5 or 0 emptied resnet50 to 1% of its MACs to reach half its latency; 1.0 reached it at 40%.
-COST_WEIGHT = {"macs": 0.0, "params": 0.0, "latency": 1.0}
+DEFAULT_TRADEOFF = {"macs": 0.0, "params": 0.0, "latency": 1.0}
 _ROUNDS = 4
 _LATENCY_ROUNDS = 6  # each round times the model: a poor prediction (per-call overhead, shared machines) needs more
 
@@ -52,11 +52,6 @@ def _choose(tried: list[tuple[Plan, float, float]], wanted: float, tolerance: fl
         return min(tried, key=lambda t: abs(t[2] / wanted - 1))
     under = [t for t in tried if t[2] <= wanted]
     return max(under, key=lambda t: t[2]) if under else min(tried, key=lambda t: t[2])
-
-
-def _kept_fraction(plan: Plan, coupling: Coupling) -> float:
-    total = sum(g.size for g in coupling.groups if g.prunable)
-    return 1 - plan.removed_channels / total if total else 1.0
 
 
 def _order(group: Any, scores: np.ndarray) -> np.ndarray:
@@ -88,10 +83,6 @@ def latency_terms(coupling: Coupling, hardware: Hardware, round_to: int, table: 
 
         terms.append(Term(spec.weight, (0,) if spec.depthwise else (0, 1), fn))
     return terms, 0.0
-
-
-def _latency(model: nn.Module, args: tuple[Any, ...], hw: Hardware) -> float:
-    return hw.model_seconds(model, args)
 
 
 def plan_with_budget(
@@ -137,14 +128,14 @@ def plan_with_budget(
             return float(count_macs(shrunk, args))
     else:
         table = LatencyTable(hw)
-        dense = _latency(model, args, hw)
+        dense = hw.model_seconds(model, args)
         terms, constant = latency_terms(coupling, hw, round_to, table, dense)
         record["table_measurements"] = table.measured
 
         def real(shrunk: nn.Module) -> float:
             # Timed in pairs with the dense model, alternating: on a shared machine the load drifts between
             # measurements, and a fraction of a fresh dense time is what the target is a fraction of.
-            pairs = [(_latency(model, args, hw), _latency(shrunk, args, hw)) for _ in range(2)]
+            pairs = [(hw.model_seconds(model, args), hw.model_seconds(shrunk, args)) for _ in range(2)]
             return dense * min(s for _, s in pairs) / min(d for d, _ in pairs)
 
     cost = CostModel(coupling, order, terms, constant)
@@ -158,7 +149,7 @@ def plan_with_budget(
     rounds = _ROUNDS if budget.kind != "latency" else _LATENCY_ROUNDS
     for round_ in range(rounds):
         removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target,
-                                              cost_weight=COST_WEIGHT[budget.kind] if budget.tradeoff is None else budget.tradeoff)
+                                              cost_weight=DEFAULT_TRADEOFF[budget.kind] if budget.tradeoff is None else budget.tradeoff)
         # Counts are predicted exactly enough to refuse an impossible MACs or parameter budget up front;
         # a latency prediction is not, so the smallest plan is measured instead.
         if predicted > predicted_target * (1 + 1e-9) and round_ == 0 and budget.kind != "latency":
@@ -196,7 +187,7 @@ def plan_with_budget(
         raise PlanError(
             f"the latency budget {budget.target:g} cannot be met on {hw.device} ({hw.dtype}, batch "
             f"{hw.batch_size or 'as given'}): the fastest of {len(tried)} plans measured {actual / dense:.3f} of the "
-            f"dense {dense * 1e3:.3f} ms, keeping {_kept_fraction(plan, coupling):.1%} of the prunable channels",
+            f"dense {dense * 1e3:.3f} ms, keeping {plan.kept_fraction:.1%} of the prunable channels",
             hint="per-call overhead bounds how fast a small model runs: ask for a larger batch_size, run under "
                  "CUDA graphs or torch.compile, or give a higher target",
         )

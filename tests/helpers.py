@@ -25,3 +25,13 @@ def spread_batchnorm(model: torch.nn.Module, bias: float = 0.3) -> torch.nn.Modu
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-bias, bias)
     return model
+
+
+def randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Re-draw 1-D parameters (norms, biases, positional tables) and all-zero ones (zero-initialised heads), so
+    slicing mistakes show; returns the model in eval mode."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1 or not p.abs().max():
+                p.normal_(0, 0.2)
+    return model.eval()

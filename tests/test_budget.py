@@ -144,15 +144,13 @@ def test_latency_plan_caches_its_table(tmp_path):
 
 
 def test_latency_budget_never_returns_a_slower_model(tmp_path, monkeypatch):
-    import graphprune.targets as targets
-
     model, x = Tiny().eval(), torch.randn(1, 3, 16, 16)
     dense_params = graphprune.count_params(model)
 
-    def slower_when_pruned(m, args, hw):  # a device on which every pruned model runs slower
+    def slower_when_pruned(hw, m, args):  # a device on which every pruned model runs slower
         return 1.0 if graphprune.count_params(m) == dense_params else 2.0
 
-    monkeypatch.setattr(targets, "_latency", slower_when_pruned)
+    monkeypatch.setattr(Hardware, "model_seconds", slower_when_pruned)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = graphprune.plan(model, example_inputs=x, latency=0.5,
@@ -164,14 +162,12 @@ def test_latency_budget_never_returns_a_slower_model(tmp_path, monkeypatch):
 def _fake_device(monkeypatch, x, floor):
     """A device on which latency is ``floor`` of dense plus the rest in proportion to MACs squared: steeper
     than the table predicts, with an overhead no pruning removes."""
-    import graphprune.targets as targets
-
     dense_macs = graphprune.count_macs(Tiny(), x)
 
-    def latency(m, args, hw):
+    def latency(hw, m, args):
         return floor + (1 - floor) * (graphprune.count_macs(m, x) / dense_macs) ** 2
 
-    monkeypatch.setattr(targets, "_latency", latency)
+    monkeypatch.setattr(Hardware, "model_seconds", latency)
 
 
 def test_latency_rounds_converge_on_a_device_unlike_the_table(tmp_path, monkeypatch):

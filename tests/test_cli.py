@@ -103,10 +103,8 @@ def test_params_and_latency_budgets(tmp_path, monkeypatch):
     assert widths == [8, 24]  # 16 and 32 less 30%, rounded to multiples of 8
     # Whole-model timings come from a deterministic stand-in (latency in proportion to MACs), so the test does
     # not depend on the machine's load; the per-layer table is still measured, at the batch asked for.
-    from graphprune import targets
-
     dense_macs = graphprune.count_macs(OldVGG(), x)
-    monkeypatch.setattr(targets, "_latency", lambda m, args, hw: graphprune.count_macs(m, x) / dense_macs)
+    monkeypatch.setattr(graphprune.Hardware, "model_seconds", lambda hw, m, args: graphprune.count_macs(m, x) / dense_macs)
     assert main(["shrink", "tests.models:OldVGG", "--latency", "0.6", "--batch-size", "4", "--input-shape", "1,3,16,16",
                  "-o", str(tmp_path / "l")]) == 0
     record = graphprune.plans_of(graphprune.load(tmp_path / "l"))[-1].budget

@@ -7,6 +7,8 @@ from torch import nn
 
 from graphprune.latency_table import Hardware, LayerLatency, LayerSpec, width_grid
 
+from .helpers import fingerprint
+
 
 def test_hardware_repeats_the_batch_and_sets_layout_and_dtype():
     hw = Hardware(dtype="bfloat16", batch_size=5, channels_last=True)
@@ -17,11 +19,13 @@ def test_hardware_repeats_the_batch_and_sets_layout_and_dtype():
     assert torch.equal(t[2].float(), x[0]) and torch.equal(t[3].float(), x[1])  # whole copies of the example batch
     ids = hw.tensor(torch.tensor([[1, 2]]))
     assert ids.dtype == torch.int64 and ids.shape == (5, 2)  # integer inputs keep their dtype
+    placed = hw.place(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train())
+    assert not placed.training and placed[0].weight.dtype == torch.bfloat16
+    assert placed[0].weight.is_contiguous(memory_format=torch.channels_last)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
-    moved = hw.module(model)
-    assert moved is not model and not moved.training and model.training
-    assert moved[0].weight.dtype == torch.bfloat16 and model[0].weight.dtype == torch.float32
-    assert moved[0].weight.is_contiguous(memory_format=torch.channels_last)
+    before = fingerprint(model)
+    assert Hardware(batch_size=3, min_run_time=0.001, model_min_run_time=0.001).model_seconds(model, (x,)) > 0
+    assert model.training and fingerprint(model) == before  # timed on a placed copy
     assert hw.key_prefix() == "cpu|bfloat16|threads=1|batch=5|channels_last"
     assert Hardware().key_prefix() == "cpu|float32|threads=1"
     assert Hardware(device="cuda:0").points == 16 and Hardware().points == 6

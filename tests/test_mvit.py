@@ -13,10 +13,9 @@ from torch import nn
 from torchvision.models.video.mvit import MSBlockConfig, MultiscaleAttention, MViT
 
 import graphprune
-from graphprune.couple import Role
 from graphprune.errors import UnsupportedOpError
 
-from .helpers import fingerprint
+from .helpers import fingerprint, randomise
 
 
 def _groups(model, x, **kwargs):
@@ -26,15 +25,6 @@ def _groups(model, x, **kwargs):
 
 def _members(group):
     return {(m.use.tensor, m.use.dim) for m in group.members}
-
-
-def _randomise(model):
-    """Re-draw 1-D and all-zero parameters (norms, biases, positional tables), so slicing mistakes show."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1 or not p.abs().max():
-                p.normal_(0, 0.2)
-    return model.eval()
 
 
 # -- repeat_interleave and tensor_split ----------------------------------------------------------
@@ -139,7 +129,7 @@ class FoldedHeads(nn.Module):
 
 def test_heads_folded_into_the_batch_go_whole_and_the_shared_conv_and_norm_stay():
     torch.manual_seed(0)
-    model, x = _randomise(FoldedHeads()), torch.randn(2, 6, 5)
+    model, x = randomise(FoldedHeads()), torch.randn(2, 6, 5)
     groups = _groups(model, x)
     assert set(groups) == {("qkv",), ("proj",)}
     heads = groups[("qkv",)]
@@ -182,7 +172,7 @@ ATTENTION = {
 @pytest.mark.parametrize("kind", list(ATTENTION))
 def test_multiscale_attention_prunes_whole_heads_exactly(kind):
     torch.manual_seed(0)
-    model, x = _randomise(Attention(**ATTENTION[kind])), torch.randn(2, 33, 5)
+    model, x = randomise(Attention(**ATTENTION[kind])), torch.randn(2, 33, 5)
     coupling = graphprune.analyze(model, example_inputs=x)
     heads = next(g for g in coupling.groups if g.sources == ["attn_qkv"])
     assert heads.size == 2 and not heads.pinned.any() and not heads.inexact
@@ -238,7 +228,7 @@ def _exports(shrunk, x):
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 def test_tiny_mvit_default_plan_is_approximate_and_exact_only_is_exact(v2):
     torch.manual_seed(0)
-    model, x = _randomise(_tiny_mvit(v2)), torch.randn(1, 3, 4, 32, 32)
+    model, x = randomise(_tiny_mvit(v2)), torch.randn(1, 3, 4, 32, 32)
     before = fingerprint(model)
     with pytest.warns(graphprune.InexactWarning):
         plan = graphprune.plan(model, 0.5, example_inputs=x)
@@ -268,7 +258,7 @@ def test_tiny_mvit_default_plan_is_approximate_and_exact_only_is_exact(v2):
 def test_torchvision_mvit_at_224(name):
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model, x = _randomise(torchvision.models.get_model(name, weights=None)), torch.randn(1, 3, 16, 224, 224)
+    model, x = randomise(torchvision.models.get_model(name, weights=None)), torch.randn(1, 3, 16, 224, 224)
     exact = graphprune.plan(model, 0.5, example_inputs=x, exact_only=True)
     small = graphprune.apply(model, exact)
     assert exact.exact and graphprune.verify(model, exact, small, x) < 1e-4

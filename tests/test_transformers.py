@@ -19,21 +19,12 @@ from torchvision.models.video.swin_transformer import SwinTransformer3d
 import graphprune
 from graphprune.couple import Role
 
-from .helpers import fingerprint
+from .helpers import fingerprint, randomise
 
 
 def _groups(model, x, **kwargs):
     coupling = graphprune.analyze(model, example_inputs=x, **kwargs)
     return {tuple(g.sources): g for g in coupling.groups}
-
-
-def _randomise(model):
-    """Re-draw 1-D parameters (norms, biases) and zero-initialised ones, so slicing mistakes show."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1 or not p.abs().max():
-                p.normal_(0, 0.2)
-    return model.eval()
 
 
 class HandAttention(nn.Module):
@@ -177,7 +168,7 @@ class TinyMHA(nn.Module):
 
 def test_multihead_attention_whole_heads_tied_to_the_stream():
     torch.manual_seed(0)
-    model, x = _randomise(TinyMHA()), torch.randn(2, 6, 5)
+    model, x = randomise(TinyMHA()), torch.randn(2, 6, 5)
     before = fingerprint(model)
     groups = _groups(model, x)
     stream = groups[("embed", "cls")]
@@ -276,7 +267,7 @@ def _family(name):
 def test_torchvision_transformer_default_plan_is_approximate_and_says_so(name):
     build, shape, attention, mlp = FAMILIES[name]
     torch.manual_seed(0)
-    model, x = _randomise(build()), torch.randn(shape)
+    model, x = randomise(build()), torch.randn(shape)
     with pytest.warns(graphprune.InexactWarning):
         plan = graphprune.plan(model, 0.5, example_inputs=x)
     assert plan.inexact and all("LayerNorm" in reason for reason in plan.inexact)
@@ -306,7 +297,7 @@ def test_torchvision_transformer_default_plan_is_approximate_and_says_so(name):
 def test_torchvision_transformer_exact_only_prunes_mlps_exactly(name):
     build, shape, attention, mlp = FAMILIES[name]
     torch.manual_seed(0)
-    model, x = _randomise(build()), torch.randn(shape)
+    model, x = randomise(build()), torch.randn(shape)
     plan = graphprune.plan(model, 0.5, example_inputs=x, exact_only=True)
     assert plan.exact and plan.removed_channels > 0
     shrunk = graphprune.apply(model, plan)
@@ -324,7 +315,7 @@ def test_torchvision_transformer_exact_only_prunes_mlps_exactly(name):
 @pytest.mark.slow  # about 20 s on one core
 def test_vit_b_16_exact_only_at_224():
     torch.manual_seed(0)
-    model, x = _randomise(torchvision.models.vit_b_16()), torch.randn(1, 3, 224, 224)
+    model, x = randomise(torchvision.models.vit_b_16()), torch.randn(1, 3, 224, 224)
     plan = graphprune.plan(model, 0.5, example_inputs=x, exact_only=True)
     shrunk = graphprune.apply(model, plan)
     assert shrunk.encoder.layers.encoder_layer_0.mlp[0].out_features == 1536
