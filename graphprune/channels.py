@@ -92,8 +92,12 @@ class ChannelMap:
         return np.concatenate([b.atoms.ravel() for b in self.blocks])
 
 
-def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
-    """Pair runs of input dims with runs of output dims of equal product (a view's structure)."""
+def reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of input dims with runs of output dims of equal product (a view's structure).
+
+    >>> reshape_groups((1, 4, 8, 6), (4, 8, 2, 3))
+    [([0, 1], [0]), ([2], [1]), ([3], [2, 3])]
+    """
     groups: list[tuple[list[int], list[int]]] = []
     i = j = 0
     while i < len(a) and j < len(b):
@@ -121,15 +125,6 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
         groups[-1][0].extend(rest_a)
         groups[-1][1].extend(rest_b)
     return groups
-
-
-def reshape_groups(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]]:
-    """The runs of input dims and output dims that a view maps onto each other (equal products).
-
-    >>> reshape_groups((1, 4, 8, 6), (4, 8, 2, 3))
-    [([0, 1], [0]), ([2], [1]), ([3], [2, 3])]
-    """
-    return _reshape_groups(list(in_shape), list(out_shape))
 
 
 def _field(block: Block, in_dims: list[int], in_shape: Sequence[int]) -> np.ndarray:
@@ -160,7 +155,7 @@ def reshape_channels(
     blocks: list[Block] = []
     changed: list[int] = []
     pinned: list[np.ndarray] = []
-    for in_dims, out_dims in _reshape_groups(in_shape, out_shape):
+    for in_dims, out_dims in reshape_groups(in_shape, out_shape):
         inside = [b for b in cmap.blocks if set(b.dims) & set(in_dims)]
         if not inside:
             continue

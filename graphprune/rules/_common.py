@@ -10,7 +10,7 @@ import numpy as np
 
 from ..channels import Block, ChannelMap, LayoutError
 
-__all__ = ["input_arg", "arg", "pass_through", "join_rows", "join_tensor_arg", "project", "fix_untracked_dims"]
+__all__ = ["input_arg", "arg", "pass_through", "join_rows", "join_tensor_arg", "project", "project_axes", "fix_untracked_dims"]
 
 
 def arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -67,23 +67,30 @@ def join_tensor_arg(ctx, value: Any, dim: int, atoms, what: str) -> None:
         ctx.join(theirs, atoms)
 
 
-def project(ctx, block: Block, keep) -> Block | None:
-    """Join a block's atoms along every dim outside ``keep`` and drop those dims; None if no dim is kept.
+def project_axes(ctx, labels: tuple, atoms: np.ndarray, keep) -> tuple[tuple, np.ndarray]:
+    """Join ``atoms`` along every axis whose label is outside ``keep`` and drop those axes.
 
-    The dropped dims then never shrink: each slice along the kept dims (a head's whole
-    ``head_dim`` row) becomes one channel, removed whole.
+    Labels name the axes (tensor dims, or einsum letters). Each slice along the kept axes
+    becomes one channel, removed whole; the dropped axes then never shrink.
     """
-    axes = [i for i, d in enumerate(block.dims) if d in set(keep)]
-    if not axes:
-        return None
-    dropped = [i for i in range(len(block.dims)) if i not in axes]
+    kept_axes = [i for i, label in enumerate(labels) if label in keep]
+    dropped = [i for i in range(len(labels)) if i not in kept_axes]
     if not dropped:
-        return block
-    moved = np.moveaxis(block.atoms, dropped, list(range(len(axes), len(block.dims))))
-    flat = moved.reshape(moved.shape[:len(axes)] + (-1,))
+        return tuple(labels), atoms
+    moved = np.moveaxis(atoms, dropped, list(range(len(kept_axes), len(labels))))
+    flat = moved.reshape(moved.shape[:len(kept_axes)] + (-1,))
     for j in range(1, flat.shape[-1]):
         ctx.join(flat[..., 0], flat[..., j])
-    return Block(tuple(block.dims[i] for i in axes), np.ascontiguousarray(flat[..., 0]))
+    return tuple(labels[i] for i in kept_axes), np.ascontiguousarray(flat[..., 0])
+
+
+def project(ctx, block: Block, keep) -> Block | None:
+    """:func:`project_axes` for a block: its dims outside ``keep`` are joined and dropped; None if no dim is kept."""
+    keep = set(keep)
+    if not any(d in keep for d in block.dims):
+        return None
+    dims, atoms = project_axes(ctx, block.dims, block.atoms, keep)
+    return block if dims == block.dims else Block(dims, atoms)
 
 
 def fix_untracked_dims(ctx, maps: list[ChannelMap], shapes, skip: frozenset[int] = frozenset()) -> list[ChannelMap]:

@@ -26,24 +26,11 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
-from ._common import arg, input_arg, pass_through
+from ._common import arg, input_arg, pass_through, project_axes
 
 __all__ = ["RULES", "contract"]
 
 RULES = Registry()
-
-
-def _project(ctx, letters: tuple[str, ...], atoms: np.ndarray, keep: set[str]) -> tuple[tuple[str, ...], np.ndarray]:
-    """Join a block's atoms along every letter outside ``keep`` and drop those axes."""
-    kept_axes = [i for i, letter in enumerate(letters) if letter in keep]
-    dropped = [i for i in range(len(letters)) if i not in kept_axes]
-    if not dropped:
-        return letters, atoms
-    moved = np.moveaxis(atoms, dropped, list(range(len(kept_axes), len(letters))))
-    flat = moved.reshape(moved.shape[:len(kept_axes)] + (-1,))
-    for j in range(1, flat.shape[-1]):
-        ctx.join(flat[..., 0], flat[..., j])
-    return tuple(letters[i] for i in kept_axes), flat[..., 0]
 
 
 def _fix_untracked_letters(ctx, blocks: list, untracked: list[dict[str, int]]) -> None:
@@ -64,7 +51,7 @@ def _fix_untracked_letters(ctx, blocks: list, untracked: list[dict[str, int]]) -
             }
             if not fixed or fixed == set(letters):
                 continue
-            kept, projected = _project(ctx, letters, atoms, set(letters) - fixed)
+            kept, projected = project_axes(ctx, letters, atoms, set(letters) - fixed)
             for letter in fixed:
                 untracked[k][letter] = atoms.shape[letters.index(letter)]
             blocks[index] = (k, kept, projected)
@@ -90,8 +77,8 @@ def contract(ctx, operands: list[tuple[Any, list[str]]], out_letters: list[str])
         shared = set(la) & set(lb)
         if ka == kb or not shared:
             continue
-        pa_letters, pa = _project(ctx, la, aa, shared)
-        pb_letters, pb = _project(ctx, lb, ab, shared)
+        pa_letters, pa = project_axes(ctx, la, aa, shared)
+        pb_letters, pb = project_axes(ctx, lb, ab, shared)
         pb = np.transpose(pb, [pb_letters.index(letter) for letter in pa_letters])
         if pa.shape == pb.shape:
             ctx.join(pa, pb)
@@ -106,7 +93,7 @@ def contract(ctx, operands: list[tuple[Any, list[str]]], out_letters: list[str])
 
     result: dict[frozenset, tuple[tuple[str, ...], np.ndarray]] = {}
     for _, letters, atoms in blocks:
-        out, projected = _project(ctx, letters, atoms, set(out_letters))
+        out, projected = project_axes(ctx, letters, atoms, set(out_letters))
         if not out:
             continue  # fully summed over: joined with its partner above, nothing flows on
         key = frozenset(out)
