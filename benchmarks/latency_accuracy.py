@@ -65,7 +65,12 @@ def main() -> None:
             dense = train(MODELS[name](), data, epochs=args.epochs, seed=seed)
             dense_acc, dense_macs = accuracy(dense, data), graphprune.count_macs(dense, x)
             for target in args.targets:
-                plan = graphprune.plan(dense, example_inputs=x, latency=target, hardware=hw)
+                try:
+                    plan = graphprune.plan(dense, example_inputs=x, latency=target, hardware=hw)
+                except graphprune.PlanError as exc:  # an unreachable target is a result too, not the end of the run
+                    lines.append(f"| {name} | {seed} | {target} | refused: {str(exc).splitlines()[0]} | | | | | | {dense_acc:.4f} | |")
+                    print(lines[-1], flush=True)
+                    continue
                 fraction = plan.budget["actual_fraction"]
                 ratio, uniform, uniform_fraction = _uniform_at_latency(dense, x, fraction, plan.budget["round_to_resolved"], hw)
                 for label, p, measured in (("latency-aware", plan, fraction), (f"uniform {ratio:.3f}", uniform, uniform_fraction)):

@@ -6,12 +6,14 @@ Two ways to decide:
   channels, with per-module overrides (fnmatch patterns on producer module names) and a
   maximum ratio per group;
 - a **global budget** (``macs=0.5``, ``params=0.4`` or ``latency=0.5``, each a fraction of the
-  dense model): channels of all groups compete. Scores are normalised by their group's mean so
-  groups are comparable, and a greedy knapsack removes, step by step, the chunk of channels
-  that loses the least importance per unit of cost saved, until the predicted cost meets the
-  target (:mod:`graphprune.costs`, :mod:`graphprune.latency_table`). The plan is then built,
-  applied and *counted* (or, for latency, *measured*); if the real figure misses the target,
-  the predicted target is corrected and the plan re-solved.
+  dense model): channels of all groups compete, and a greedy removes, step by step, the chunk of
+  channels that loses the least, until the predicted cost meets the target
+  (:mod:`graphprune.costs`, :mod:`graphprune.latency_table`). What "loses the least" means is the
+  budget's ``tradeoff``: 0 ranks channels by importance alone, divided by their group's mean
+  (a global ranking); above 0 the greedy is a knapsack on a *balanced* value (see
+  :func:`balanced_value`) per unit of cost saved. The plan is then built, applied and *counted*
+  (or, for latency, *measured*); if the real figure misses the target, the predicted target is
+  corrected and the plan re-solved.
 
 Widths can be rounded to a multiple (``round_to``): the kept count of each group is rounded,
 so every tensor the group indexes stays consistent.
@@ -38,7 +40,8 @@ import torch
 from .couple import ChannelGroup, Coupling
 from .errors import InputError
 
-__all__ = ["Budget", "resolve_round_to", "allowed_kept", "group_modules", "GroupScope", "scopes", "uniform_decisions", "greedy_decisions"]
+__all__ = ["Budget", "resolve_round_to", "allowed_kept", "group_modules", "GroupScope", "scopes", "uniform_decisions",
+           "balanced_value", "greedy_decisions"]
 
 _KINDS = ("macs", "params", "latency")
 
@@ -58,9 +61,9 @@ class Budget:
     (first match wins; under a global budget those groups are fixed and the rest compete);
     ``max_ratio`` caps the fraction any group loses; ``round_to`` rounds every kept width to a
     multiple (an int, or ``"auto"`` for the device and dtype). ``tradeoff`` (in [0, 1]) is how far
-    a global budget trades importance for savings: 0 ranks channels by importance alone (the cost
-    decides only where to stop), 1 by importance lost per unit of cost saved; the default is 0 for
-    MACs and parameters and 1 for latency (see :func:`greedy_decisions`).
+    a global budget trades value for savings: 0 ranks channels by importance alone (the cost
+    decides only where to stop), above 0 by balanced value lost per (unit of cost saved) ** tradeoff;
+    the default is 0 for MACs and parameters and 1 for latency (see :func:`greedy_decisions`).
 
     >>> Budget(latency=0.5, tradeoff=1.0).to_dict()
     {'latency': 0.5, 'tradeoff': 1.0}
@@ -195,23 +198,56 @@ def uniform_decisions(scopes_: list[GroupScope], ratio: float) -> dict[int, int]
     return out
 
 
+def balanced_value(scores: np.ndarray, order: np.ndarray, weight: float) -> np.ndarray:
+    """A group's value lost once its first ``r`` channels in ``order`` are removed, for every ``r``:
+    ``weight * -log(share of the group's importance still kept)``.
+
+    The knapsack's value. Three properties make it the right one, where a sum of importances is not:
+
+    - it is balanced: the loss grows without bound as a group empties, so no group is cut to a
+      sliver because its channels are expensive (a linear sum has corner optima: with flat scores
+      it empties the costliest layers first and keeps the rest whole);
+    - with ``weight`` a group's dense MACs and flat scores, maximising it under a MACs budget is
+      uniform pruning (every group keeps the same fraction); under a latency budget a group keeps a
+      fraction proportional to its MACs per second, so it departs from uniform exactly where
+      latency is not proportional to MACs;
+    - channels of zero importance cost nothing, whatever their group.
+
+    >>> balanced_value(np.array([0.0, 1.0, 1.0]), np.array([0, 1, 2]), 1.0).round(3).tolist()
+    [0.0, 0.0, 0.693, 20.723]
+    """
+    sc = np.clip(np.asarray(scores, dtype=np.float64), 0.0, None)
+    total = sc.sum()
+    if total <= 0:
+        return np.zeros(len(order) + 1)
+    kept = 1 - np.concatenate([[0.0], np.cumsum(sc[order])]) / total
+    return weight * np.log(1 / np.maximum(kept, 1e-9))
+
+
 def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray], order: Mapping[int, np.ndarray],
-                     cost: Any, target: float, *, cost_weight: float = 0.0,
-                     step_fraction: float = 1 / 64, lookahead: int = 8,
-                     fit: float = 0.005) -> tuple[dict[int, int], float]:
+                     cost: Any, target: float, *, cost_weight: float = 0.0, weights: Mapping[int, float] | None = None,
+                     step_fraction: float = 1 / 64, lookahead: int = 8, fit: float = 0.005,
+                     max_exchanges: int = 400, exchange_tries: int = 4) -> tuple[dict[int, int], float]:
     """Remove chunks of channels until ``cost.total(removed) <= target``; returns (removed per group id, predicted cost).
 
-    A chunk's priority is its mean normalised importance divided by ``saving ** cost_weight``
-    (its saving per channel). ``cost_weight=0`` is a pure global importance ranking: the cost
-    only decides where to stop, so no group is emptied for being expensive. ``cost_weight=1``
-    is the knapsack ratio (importance lost per unit saved), which chases the costliest layers;
-    in between, cheap-to-keep channels are spared in proportion.
+    ``cost_weight=0`` is a pure global importance ranking: a chunk's priority is its channels'
+    mean importance, each group's scores divided by their mean so groups are comparable; the
+    cost only decides where to stop. ``cost_weight > 0`` is a knapsack on :func:`balanced_value`
+    (each group weighted by ``weights[g]``, default 1): a chunk's priority is the value it loses
+    divided by ``saving ** cost_weight`` (both per channel), so 1 is the knapsack ratio, value
+    lost per unit of cost saved.
 
     With ``cost_weight > 0`` a group's next move is the best of its next ``lookahead`` steps, not
     just the next one: measured latency falls in steps (a width one tile past a boundary costs a
     whole tile), so a step that saves nothing may be the way to one that saves a lot.
 
     The move that crosses the target is chosen to land within ``fit`` (relative) below it where one does.
+
+    With ``cost_weight > 0`` the search starts from the uniform ratio that fits, not from the dense
+    model, then makes up to ``max_exchanges`` exchanges: the groups that regain the most value per
+    unit of cost step back (``len(groups) // 16`` of them at once, or the best ``exchange_tries``
+    one at a time), the others are cut until the target is met again, and the exchange is kept if
+    the value lost fell.
 
     Fixed (overridden) groups take their ratio first. Without rounding, a chunk is at least
     ``step_fraction`` of the group, so a large model plans in a fraction of a second.
@@ -227,11 +263,14 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
         stride = max(1, math.ceil(s.group.size * step_fraction))
         picks = [k for i, k in enumerate(s.choices) if i == 0 or i == len(s.choices) - 1 or (s.group.size - k) % stride == 0]
         steps[gid] = [s.group.size - k for k in picks]  # removed counts, increasing
-    normalised = {}
+    lost_after: dict[int, np.ndarray] = {}  # value lost once the first r channels are removed, for every r
     for gid in free:
         sc = np.asarray(scores[gid], dtype=np.float64)
-        mean = sc.mean()
-        normalised[gid] = np.concatenate([[0.0], np.cumsum((sc / mean if mean > 0 else sc)[order[gid]])])
+        if cost_weight > 0:
+            lost_after[gid] = balanced_value(sc, order[gid], 1.0 if weights is None else float(weights[gid]))
+        else:
+            mean = sc.mean()
+            lost_after[gid] = np.concatenate([[0.0], np.cumsum((sc / mean if mean > 0 else sc)[order[gid]])])
     neighbours: dict[int, set[int]] = {gid: set() for gid in free}
     for gid in free:
         for i in cost.terms_of_group.get(gid, ()):
@@ -239,16 +278,16 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
                 if i in cost.terms_of_group.get(other, ()):
                     neighbours[gid].add(other)
 
-    def options(gid: int) -> list[tuple[float, int, int, float]]:
-        """The group's next moves, each (priority, group id, removed count to move to, cost saved)."""
-        now = removed.get(gid, 0)
+    def options(state: dict[int, int], gid: int) -> list[tuple[float, int, int, float]]:
+        """The group's next moves from ``state``, each (priority, group id, removed count to move to, cost saved)."""
+        now = state.get(gid, 0)
         ahead = [r for r in steps[gid] if r > now][: 1 if cost_weight == 0 else lookahead]
-        before = cost.group_part(gid, removed) if ahead else 0.0
+        before = cost.group_part(gid, state) if ahead else 0.0
         out = []
         for nxt in ahead:
             n = nxt - now
-            lost = (normalised[gid][nxt] - normalised[gid][now]) / n
-            saved = before - cost.group_part(gid, {**removed, gid: nxt})
+            lost = (lost_after[gid][nxt] - lost_after[gid][now]) / n
+            saved = before - cost.group_part(gid, {**state, gid: nxt})
             if cost_weight == 0:
                 priority = lost
             else:
@@ -256,24 +295,88 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
             out.append((priority, gid, nxt, saved))
         return out
 
-    current = cost.total(removed)
-    moves = {gid: options(gid) for gid in free}
-    floor = target * (1 - fit)
-    while current > target:
-        move = min((min(m) for m in moves.values() if m), default=None)
-        if move is None:
+    def descend(state: dict[int, int], frozen: frozenset[int] = frozenset(),
+                moves: dict[int, list[tuple[float, int, int, float]]] | None = None) -> float:
+        """Take the best moves (not of the ``frozen`` groups) until the cost meets the target; returns the cost.
+        ``moves``: every group's options from ``state`` where already known (updated in place)."""
+        current = cost.total(state)
+        if moves is None:
+            moves = {gid: options(state, gid) for gid in free if gid not in frozen}
+        floor = target * (1 - fit)
+        while current > target:
+            move = min((min(m) for m in moves.values() if m), default=None)
+            if move is None:
+                break
+            # The last move may be a coarse one (a conv channel can be 2% of a small model, a lookahead move
+            # several steps): when the best move would land below the target by more than ``fit``, take the
+            # best of all moves that land within it, or failing that the one that lands nearest the target.
+            if current - move[3] < floor:
+                every = sorted(m for ms in moves.values() for m in ms)
+                move = next((m for m in every if floor <= current - m[3] <= target),
+                            max(every, key=lambda m: (min(current - m[3], target), -m[0])))
+            _, gid, nxt, _ = move
+            before = cost.group_part(gid, state)
+            state[gid] = nxt
+            current += cost.group_part(gid, state) - before
+            for other in (neighbours[gid] | {gid}) - frozen:
+                moves[other] = options(state, other)
+        return current
+
+    if cost_weight == 0:
+        current = descend(removed)
+        return {g: r for g, r in removed.items() if r}, current
+    # The knapsack's greedy alone gets stuck: a conv's cost is a product of two groups' widths, so each cut
+    # makes its neighbours' cuts save less, and the first groups cut end up far thinner than the value's
+    # optimum. So: start from the uniform ratio that meets the target, then exchange channels between
+    # groups (one group a step back, the others cut to meet the target again) while the value lost falls.
+    removed = _uniform_start(list(free.values()), removed, cost, target)
+    current = descend(removed)
+
+    def value_lost(state: Mapping[int, int]) -> float:
+        return sum(float(lost_after[gid][state.get(gid, 0)]) for gid in free)
+
+    lost_now = value_lost(removed)
+    moves_now = {gid: options(removed, gid) for gid in free}
+    batch = max(1, len(free) // 16)  # groups stepped back together: fewer exchanges on a model of many groups
+    for _ in range(max_exchanges):
+        back_moves = []  # (-(value regained per unit of cost added), group id, removed count to go back to)
+        for gid in free:
+            now = removed.get(gid, 0)
+            earlier = [r for r in steps[gid] if r < now]
+            if not earlier:
+                continue
+            added = cost.group_part(gid, {**removed, gid: earlier[-1]}) - cost.group_part(gid, removed)
+            regained = lost_after[gid][now] - lost_after[gid][earlier[-1]]
+            back_moves.append((-regained / added if added > 0 else -math.inf, gid, earlier[-1]))
+        back_moves.sort()
+        tries = ([back_moves[:batch]] if batch > 1 else []) + [[m] for m in back_moves[:exchange_tries]]
+        for backs in tries:
+            trial = {**removed, **{gid: back for _, gid, back in backs}}
+            frozen = frozenset(gid for _, gid, _ in backs)
+            # Only the options of the groups sharing a term with a stepped-back group changed: reuse the others.
+            touched = set().union(*(neighbours[g] for g in frozen))
+            moves = {g: (options(trial, g) if g in touched else m) for g, m in moves_now.items() if g not in frozen}
+            trial_cost = descend(trial, frozen, moves)
+            if trial_cost <= target and value_lost(trial) < lost_now * (1 - 1e-9):
+                changed = {g for g in free if trial.get(g, 0) != removed.get(g, 0)}
+                removed, current, lost_now = trial, trial_cost, value_lost(trial)
+                for g in set().union(changed, *(neighbours[c] for c in changed)):
+                    moves_now[g] = options(removed, g)
+                break
+        else:
             break
-        # The last move may be a coarse one (a conv channel can be 2% of a small model, a lookahead move
-        # several steps): when the best move would land below the target by more than ``fit``, take the
-        # best of all moves that land within it, or failing that the one that lands nearest the target.
-        if current - move[3] < floor:
-            every = sorted(m for ms in moves.values() for m in ms)
-            move = next((m for m in every if floor <= current - m[3] <= target),
-                        max(every, key=lambda m: (min(current - m[3], target), -m[0])))
-        _, gid, nxt, _ = move
-        before = cost.group_part(gid, removed)
-        removed[gid] = nxt
-        current += cost.group_part(gid, removed) - before
-        for other in neighbours[gid] | {gid}:
-            moves[other] = options(other)
     return {g: r for g, r in removed.items() if r}, current
+
+
+def _uniform_start(free: list[GroupScope], fixed: dict[int, int], cost: Any, target: float) -> dict[int, int]:
+    """The fixed groups' removals plus the smallest uniform ratio (bisected) whose plan meets ``target``."""
+    def state(ratio: float) -> dict[int, int]:
+        return {**fixed, **uniform_decisions(free, ratio)}
+
+    if cost.total(state(0.0)) <= target:
+        return state(0.0)
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (low, mid) if cost.total(state(mid)) <= target else (mid, high)
+    return state(high)

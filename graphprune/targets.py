@@ -29,12 +29,13 @@ from .planning import Plan, make_plan, score_group
 from .rewrite import apply_plan
 from .stats import count_macs, count_params
 
-__all__ = ["plan_with_budget", "latency_terms", "TOLERANCE", "DEFAULT_TRADEOFF"]
+__all__ = ["plan_with_budget", "group_weights", "latency_terms", "TOLERANCE", "DEFAULT_TRADEOFF"]
 
 TOLERANCE = {"macs": 0.01, "params": 0.01, "latency": 0.05}
 # Default tradeoffs. MACs and parameters: a global importance ranking (the most accurate plan that fits).
-# Latency: the knapsack ratio (importance lost per second saved). On an H200 (bf16, batch 128) a tradeoff
-# of 0.5 or 0 emptied resnet50 to 1% of its MACs to reach half its latency; 1.0 reached it at 40%.
+# Latency: the balanced knapsack ratio (value lost per second saved), which departs from uniform pruning
+# where latency is not proportional to MACs. A global importance ranking ignores where the time goes:
+# on an H200 (bf16, batch 128) it emptied resnet50 to 1% of its MACs to reach half its latency.
 DEFAULT_TRADEOFF = {"macs": 0.0, "params": 0.0, "latency": 1.0}
 _ROUNDS = 4
 _LATENCY_ROUNDS = 6  # each round times the model: a poor prediction (per-call overhead, shared machines) needs more
@@ -63,6 +64,17 @@ def _decisions(scopes_: list[GroupScope], removed: dict[int, int], order: dict[i
                scores: dict[int, np.ndarray]) -> dict[int, tuple[list[int], np.ndarray]]:
     by_id = {s.group.id for s in scopes_}
     return {gid: (sorted(int(c) for c in order[gid][:n]), scores[gid]) for gid, n in removed.items() if gid in by_id and n}
+
+
+def group_weights(coupling: Coupling, model: nn.Module, args: Any, order: dict[int, np.ndarray],
+                  group_ids: list[int]) -> dict[int, float]:
+    """Each group's weight in the balanced knapsack: the dense MACs of the layers its channels index.
+    A group that indexes no MACs (norm or embedding channels only) weighs as much as the lightest one that does."""
+    terms, constant, _ = mac_terms(coupling, model, args)
+    macs = CostModel(coupling, order, terms, constant)
+    weights = {gid: macs.group_part(gid, {}) for gid in group_ids}
+    lightest = min((w for w in weights.values() if w > 0), default=1.0)
+    return {gid: w if w > 0 else lightest for gid, w in weights.items()}
 
 
 def latency_terms(coupling: Coupling, hardware: Hardware, round_to: int, table: LatencyTable,
@@ -139,6 +151,8 @@ def plan_with_budget(
             return dense * min(s for _, s in pairs) / min(d for d, _ in pairs)
 
     cost = CostModel(coupling, order, terms, constant)
+    tradeoff = DEFAULT_TRADEOFF[budget.kind] if budget.tradeoff is None else budget.tradeoff
+    weights = group_weights(coupling, model, args, order, list(order)) if tradeoff > 0 else None
     wanted = budget.target * dense
     tolerance = TOLERANCE[budget.kind]
     predicted_target = wanted
@@ -148,8 +162,8 @@ def plan_with_budget(
     tried: list[tuple[Plan, float, float]] = []  # (plan, predicted, measured)
     rounds = _ROUNDS if budget.kind != "latency" else _LATENCY_ROUNDS
     for round_ in range(rounds):
-        removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target,
-                                              cost_weight=DEFAULT_TRADEOFF[budget.kind] if budget.tradeoff is None else budget.tradeoff)
+        removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target, cost_weight=tradeoff,
+                                              weights=weights)
         # Counts are predicted exactly enough to refuse an impossible MACs or parameter budget up front;
         # a latency prediction is not, so the smallest plan is measured instead.
         if predicted > predicted_target * (1 + 1e-9) and round_ == 0 and budget.kind != "latency":

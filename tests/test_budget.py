@@ -3,6 +3,7 @@
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -226,3 +227,97 @@ def test_a_latency_plan_under_the_target_beats_a_nearer_one_over_it():
     assert _choose(tried, 0.5, 0.05, bound=False)[0] == "near-but-slow"  # MACs/params: the nearest
     assert _choose([("a", 0.0, 0.9), ("b", 0.0, 0.7)], 0.5, 0.05, bound=True)[0] == "b"  # none meets it: the fastest
     assert _choose(tried + [("ok", 0.0, 0.49), ("ok-less-pruned", 0.0, 0.51)], 0.5, 0.05, bound=True)[0] == "ok-less-pruned"
+
+
+class Chain(torch.nn.Module):
+    """Four convs of different widths and resolutions: groups of unequal MACs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.Conv2d(32, 64, 3, stride=2, padding=1)
+        self.c3, self.c4 = torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.Conv2d(64, 128, 1, stride=2)
+        self.head = torch.nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        x = torch.relu(self.c4(torch.relu(self.c3(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def _knapsack_setup(scores_of=None):
+    from graphprune.budget import Budget, scopes
+    from graphprune.costs import CostModel, mac_terms
+    from graphprune.targets import _order, group_weights
+
+    torch.manual_seed(0)
+    model, x = Chain().eval(), torch.randn(1, 3, 32, 32)
+    coupling = graphprune.analyze(model, example_inputs=x)
+    scopes_ = scopes(coupling, Budget(macs=0.5), 1)
+    scores = {s.group.id: (scores_of or (lambda g: np.ones(g.size)))(s.group) for s in scopes_}
+    order = {s.group.id: _order(s.group, scores[s.group.id]) for s in scopes_}
+    terms, constant, dense = mac_terms(coupling, model, (x,))
+    weights = group_weights(coupling, model, (x,), order, list(order))
+    return coupling, scopes_, scores, order, terms, constant, dense, weights
+
+
+def _kept_fractions(scopes_, removed):
+    return {s.group.sources[0]: 1 - removed.get(s.group.id, 0) / s.group.size for s in scopes_}
+
+
+def test_balanced_knapsack_is_uniform_pruning_when_cost_is_macs():
+    from graphprune.budget import greedy_decisions
+    from graphprune.costs import CostModel
+
+    from graphprune.budget import _uniform_start, balanced_value
+
+    coupling, scopes_, scores, order, terms, constant, dense, weights = _knapsack_setup()
+    cost = CostModel(coupling, order, terms, constant)
+    removed, predicted = greedy_decisions(scopes_, scores, order, cost, 0.5 * dense, cost_weight=1.0, weights=weights)
+    kept = _kept_fractions(scopes_, removed)
+    assert predicted <= 0.5 * dense and len(kept) == 4
+
+    def value_lost(state):
+        return sum(balanced_value(scores[g], order[g], weights[g])[state.get(g, 0)] for g in weights)
+
+    # At least as good as the best uniform ratio that fits, by the knapsack's own measure...
+    uniform = _uniform_start(scopes_, {}, cost, 0.5 * dense)
+    assert cost.total(uniform) <= 0.5 * dense and value_lost(removed) <= value_lost(uniform)
+    # ... and, with flat scores and a cost proportional to the value's weights, near-uniform where it matters:
+    # the groups that carry the MACs (c4's 128 channels, 3% of the weight, fill the last of the budget).
+    heavy = [kept[name] for name in ("c1", "c2", "c3")]
+    assert max(heavy) - min(heavy) <= 0.1, kept
+
+
+def test_balanced_knapsack_prunes_most_where_time_is_not_macs_and_empties_nothing():
+    from graphprune.budget import greedy_decisions
+    from graphprune.costs import CostModel, Term
+
+    coupling, scopes_, scores, order, terms, constant, dense, weights = _knapsack_setup()
+    # A device on which c4 (1x1, low resolution) takes 8x the time per MAC of the others.
+    slow = [Term(t.tensor, t.dims, (lambda kept, fn=t.fn: 8 * fn(kept)) if t.tensor == "c4.weight" else t.fn) for t in terms]
+    cost = CostModel(coupling, order, slow, constant)
+    target = 0.5 * cost.total({})
+    removed, predicted = greedy_decisions(scopes_, scores, order, cost, target, cost_weight=1.0, weights=weights)
+    kept = _kept_fractions(scopes_, removed)
+    assert predicted <= target
+    assert kept["c4"] == min(kept.values()) and kept["c4"] < 0.5 * max(kept.values()), kept
+    assert min(kept.values()) >= 0.1, kept  # balanced: no group cut to a sliver
+
+
+def test_zero_importance_channels_are_removed_first_by_the_knapsack():
+    from graphprune.budget import greedy_decisions
+    from graphprune.costs import CostModel
+
+    def scores_of(group):
+        s = np.ones(group.size)
+        if group.sources[0] == "c3":
+            s[[5, 9, 40]] = 0.0
+        return s
+
+    coupling, scopes_, scores, order, terms, constant, dense, weights = _knapsack_setup(scores_of)
+    cost = CostModel(coupling, order, terms, constant)
+    c3 = next(s.group.id for s in scopes_ if s.group.sources[0] == "c3")
+    saved_by_three = cost.total({}) - cost.total({c3: 3})
+    removed, _ = greedy_decisions(scopes_, scores, order, cost, cost.total({}) - 0.9 * saved_by_three,
+                                  cost_weight=1.0, weights=weights)
+    assert removed == {c3: 3} and sorted(order[c3][:3].tolist()) == [5, 9, 40]
