@@ -198,9 +198,11 @@ def test_latency_target_within_ten_percent(tmp_path, target):
     hw = Hardware(cache=str(tmp_path / "lat.json"))
     plan = graphprune.plan(model, example_inputs=x, latency=target, hardware=hw)
     shrunk = graphprune.apply(model, plan)
-    dense = graphprune.measure_latency(model, x, min_run_time=2)
-    measured = graphprune.measure_latency(shrunk, x, min_run_time=2)
-    assert abs(measured / dense - target) <= 0.1 * target
+    # Alternating pairs, each model's fastest: a shared machine's load drifts between two measurements.
+    pairs = [(graphprune.measure_latency(model, x, min_run_time=1), graphprune.measure_latency(shrunk, x, min_run_time=1))
+             for _ in range(3)]
+    measured = min(s for _, s in pairs) / min(d for d, _ in pairs)
+    assert abs(measured - target) <= 0.1 * target, (measured, plan.budget)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
