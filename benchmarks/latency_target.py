@@ -88,7 +88,8 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
     d, s, u, r = (min(times[k]) for k in ("dense", "plan", "uniform", "raw"))
     b = plan.budget
     return {"model": name, "target": target, "tradeoff": tradeoff if tradeoff is not None else DEFAULT_TRADEOFF["latency"], "dense_ms": d, "requested_ms": target * d, "predicted_ms": b["predicted"] * 1e3,
-            "measured_ms": s, "fraction": s / d, "in_plan_fraction": b["actual_fraction"], "fell_back": "note" in b,
+            "measured_ms": s, "fraction": s / d, "in_plan_fraction": b["actual_fraction"],
+            "chosen_on_fraction": b["chosen_on"] / b["dense"] if "chosen_on" in b else None, "fell_back": "note" in b,
             "load": os.getloadavg()[0], "gmacs": macs / 1e9, "macs_fraction": macs / macs0, "mparams": params / 1e6,
             "params_fraction": params / params0, "uniform_ratio": ratio, "uniform_ms": u, "speedup_vs_uniform": u / s,
             "raw_ratio": raw_ratio, "raw_ms": r, "speedup_vs_raw": r / s, "plan_s": seconds, "verify": rel,
