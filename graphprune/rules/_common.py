@@ -10,7 +10,8 @@ import numpy as np
 
 from ..channels import Block, ChannelMap, LayoutError
 
-__all__ = ["input_arg", "arg", "pass_through", "join_rows", "join_tensor_arg", "project", "project_axes", "fix_untracked_dims"]
+__all__ = ["input_arg", "arg", "pass_through", "join_rows", "join_tensor_arg", "project", "project_axes", "fix_untracked",
+           "fix_untracked_dims"]
 
 
 def arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -93,30 +94,43 @@ def project(ctx, block: Block, keep) -> Block | None:
     return block if dims == block.dims else Block(dims, atoms)
 
 
-def fix_untracked_dims(ctx, maps: list[ChannelMap], shapes, skip: frozenset[int] = frozenset()) -> list[ChannelMap]:
-    """Operands of equal rank that meet dim by dim: a dim one operand leaves untracked cannot shrink in the others.
+def fix_untracked(ctx, blocks: list[tuple[int, tuple, np.ndarray]],
+                  untracked: list[dict[Any, int]]) -> list[tuple[int, tuple, np.ndarray]]:
+    """Operands that meet label by label (tensor dims, or einsum letters): a label one operand leaves
+    untracked cannot shrink in the others.
 
-    A multi-dim block is joined along such a dim (its rows go whole, :func:`project`) rather
-    than kept entirely; a block with no other dim is returned unchanged, for the caller to pin.
-    Dims in ``skip`` (a concatenated dim) do not meet. Repeats until no operand changes,
-    since a projection can leave a dim untracked that another operand tracks.
+    ``blocks`` are (operand, labels, atoms); ``untracked[k]`` maps the labels operand ``k`` leaves
+    untracked to their sizes. A multi-label block is joined along such a label (its rows go whole,
+    :func:`project_axes`) rather than kept entirely; a block with no other label is returned
+    unchanged, for the caller to pin. A projected label becomes untracked in its own operand too
+    (``untracked`` is updated), so this repeats until no block changes. Returns the new blocks.
     """
-    maps = list(maps)
+    blocks = list(blocks)
     changed = True
     while changed:
         changed = False
-        for k, cmap in enumerate(maps):
-            blocks = []
-            for block in cmap.blocks:
-                fixed = {
-                    d for i, d in enumerate(block.dims)
-                    if d not in skip and block.atoms.shape[i] > 1 and any(
-                        o != k and other.block_at(d) is None and shapes[o][d] == block.atoms.shape[i]
-                        for o, other in enumerate(maps)
-                    )
-                }
-                kept = project(ctx, block, set(block.dims) - fixed) if fixed and fixed != set(block.dims) else block
-                changed |= kept is not block
-                blocks.append(kept)
-            maps[k] = ChannelMap(tuple(blocks))
-    return maps
+        for index, (k, labels, atoms) in enumerate(blocks):
+            fixed = {
+                label for i, label in enumerate(labels)
+                if atoms.shape[i] > 1 and any(o != k and sizes.get(label) == atoms.shape[i] for o, sizes in enumerate(untracked))
+            }
+            if not fixed or fixed == set(labels):
+                continue
+            kept, projected = project_axes(ctx, labels, atoms, set(labels) - fixed)
+            for label in fixed:
+                untracked[k][label] = atoms.shape[labels.index(label)]
+            blocks[index] = (k, kept, projected)
+            changed = True
+    return blocks
+
+
+def fix_untracked_dims(ctx, maps: list[ChannelMap], shapes, skip: frozenset[int] = frozenset()) -> list[ChannelMap]:
+    """:func:`fix_untracked` for operands of equal rank that meet dim by dim; dims in ``skip`` (a
+    concatenated dim) do not meet."""
+    blocks = [(k, block.dims, block.atoms) for k, cmap in enumerate(maps) for block in cmap.blocks]
+    untracked = [{d: shape[d] for d in range(len(shape)) if d not in skip and cmap.block_at(d) is None}
+                 for cmap, shape in zip(maps, shapes)]
+    fixed = fix_untracked(ctx, blocks, untracked)
+    if all(new[1] == old[1] for new, old in zip(fixed, blocks)):
+        return list(maps)
+    return [ChannelMap(tuple(Block(dims, atoms) for o, dims, atoms in fixed if o == k)) for k in range(len(maps))]

@@ -26,36 +26,11 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
-from ._common import arg, input_arg, pass_through, project_axes
+from ._common import arg, fix_untracked, input_arg, pass_through, project_axes
 
 __all__ = ["RULES", "contract"]
 
 RULES = Registry()
-
-
-def _fix_untracked_letters(ctx, blocks: list, untracked: list[dict[str, int]]) -> None:
-    """A letter of a multi-letter block that another operand leaves untracked (same size) cannot shrink.
-
-    The block is joined along it (rows whole), so the rest of the block stays prunable: MViT's
-    unpooled ``q`` (heads x head_dim) meets a pooled ``k`` whose head_dim no longer shrinks.
-    A block with no other letter is left as it is and pinned below. Repeats until stable,
-    since a projection leaves the letter untracked in its own operand too.
-    """
-    changed = True
-    while changed:
-        changed = False
-        for index, (k, letters, atoms) in enumerate(blocks):
-            fixed = {
-                letter for i, letter in enumerate(letters)
-                if any(o != k and sizes.get(letter, 1) > 1 and sizes[letter] == atoms.shape[i] for o, sizes in enumerate(untracked))
-            }
-            if not fixed or fixed == set(letters):
-                continue
-            kept, projected = project_axes(ctx, letters, atoms, set(letters) - fixed)
-            for letter in fixed:
-                untracked[k][letter] = atoms.shape[letters.index(letter)]
-            blocks[index] = (k, kept, projected)
-            changed = True
 
 
 def contract(ctx, operands: list[tuple[Any, list[str]]], out_letters: list[str]) -> ChannelMap:
@@ -70,7 +45,8 @@ def contract(ctx, operands: list[tuple[Any, list[str]]], out_letters: list[str])
         for b in cmap.blocks:
             blocks.append((k, tuple(letters[d] for d in b.dims), b.atoms))
         untracked.append({letters[d]: shape[d] for d in range(len(shape)) if d not in cmap.dims})
-    _fix_untracked_letters(ctx, blocks, untracked)
+    # MViT's unpooled q (heads x head_dim) meets a pooled k whose head_dim no longer shrinks.
+    blocks = fix_untracked(ctx, blocks, untracked)
 
     # Blocks of different operands that share letters index the same positions: join them there.
     for (ka, la, aa), (kb, lb, ab) in combinations(blocks, 2):
