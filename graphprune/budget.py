@@ -335,20 +335,23 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
     def value_lost(state: Mapping[int, int]) -> float:
         return sum(float(lost_after[gid][state.get(gid, 0)]) for gid in free)
 
+    def step_back(state: dict[int, int], gid: int) -> tuple[float, int, int] | None:
+        """The group's one step back from ``state``: (-(value regained per unit of cost added), group id, removed count)."""
+        now = state.get(gid, 0)
+        earlier = [r for r in steps[gid] if r < now]
+        if not earlier:
+            return None
+        added = cost.group_part(gid, {**state, gid: earlier[-1]}) - cost.group_part(gid, state)
+        regained = lost_after[gid][now] - lost_after[gid][earlier[-1]]
+        return (-regained / added if added > 0 else -math.inf, gid, earlier[-1])
+
     lost_now = value_lost(removed)
+    # Every group's options and step back from ``removed``, kept up to date as exchanges are accepted.
     moves_now = {gid: options(removed, gid) for gid in free}
+    backs_now = {gid: step_back(removed, gid) for gid in free}
     batch = max(1, len(free) // 16)  # groups stepped back together: fewer exchanges on a model of many groups
     for _ in range(max_exchanges):
-        back_moves = []  # (-(value regained per unit of cost added), group id, removed count to go back to)
-        for gid in free:
-            now = removed.get(gid, 0)
-            earlier = [r for r in steps[gid] if r < now]
-            if not earlier:
-                continue
-            added = cost.group_part(gid, {**removed, gid: earlier[-1]}) - cost.group_part(gid, removed)
-            regained = lost_after[gid][now] - lost_after[gid][earlier[-1]]
-            back_moves.append((-regained / added if added > 0 else -math.inf, gid, earlier[-1]))
-        back_moves.sort()
+        back_moves = sorted(b for b in backs_now.values() if b is not None)
         tries = ([back_moves[:batch]] if batch > 1 else []) + [[m] for m in back_moves[:exchange_tries]]
         for backs in tries:
             trial = {**removed, **{gid: back for _, gid, back in backs}}
@@ -357,11 +360,12 @@ def greedy_decisions(scopes_: list[GroupScope], scores: Mapping[int, np.ndarray]
             touched = set().union(*(neighbours[g] for g in frozen))
             moves = {g: (options(trial, g) if g in touched else m) for g, m in moves_now.items() if g not in frozen}
             trial_cost = descend(trial, frozen, moves)
-            if trial_cost <= target and value_lost(trial) < lost_now * (1 - 1e-9):
+            trial_lost = value_lost(trial)
+            if trial_cost <= target and trial_lost < lost_now * (1 - 1e-9):
                 changed = {g for g in free if trial.get(g, 0) != removed.get(g, 0)}
-                removed, current, lost_now = trial, trial_cost, value_lost(trial)
+                removed, current, lost_now = trial, trial_cost, trial_lost
                 for g in set().union(changed, *(neighbours[c] for c in changed)):
-                    moves_now[g] = options(removed, g)
+                    moves_now[g], backs_now[g] = options(removed, g), step_back(removed, g)
                 break
         else:
             break

@@ -66,12 +66,10 @@ def _decisions(scopes_: list[GroupScope], removed: dict[int, int], order: dict[i
     return {gid: (sorted(int(c) for c in order[gid][:n]), scores[gid]) for gid, n in removed.items() if gid in by_id and n}
 
 
-def group_weights(coupling: Coupling, model: nn.Module, args: Any, order: dict[int, np.ndarray],
-                  group_ids: list[int]) -> dict[int, float]:
-    """Each group's weight in the balanced knapsack: the dense MACs of the layers its channels index.
-    A group that indexes no MACs (norm or embedding channels only) weighs as much as the lightest one that does."""
-    terms, constant, _ = mac_terms(coupling, model, args)
-    macs = CostModel(coupling, order, terms, constant)
+def group_weights(macs: CostModel, group_ids: list[int]) -> dict[int, float]:
+    """Each group's weight in the balanced knapsack: the dense MACs (``macs``, a MACs cost model) of the layers
+    its channels index. A group that indexes no MACs (norm or embedding channels only) weighs as much as the
+    lightest one that does."""
     weights = {gid: macs.group_part(gid, {}) for gid in group_ids}
     lightest = min((w for w in weights.values() if w > 0), default=1.0)
     return {gid: w if w > 0 else lightest for gid, w in weights.items()}
@@ -152,7 +150,10 @@ def plan_with_budget(
 
     cost = CostModel(coupling, order, terms, constant)
     tradeoff = DEFAULT_TRADEOFF[budget.kind] if budget.tradeoff is None else budget.tradeoff
-    weights = group_weights(coupling, model, args, order, list(order)) if tradeoff > 0 else None
+    weights = None
+    if tradeoff > 0:  # a MACs budget's cost model already counts MACs
+        macs = cost if budget.kind == "macs" else CostModel(coupling, order, *mac_terms(coupling, model, args)[:2])
+        weights = group_weights(macs, list(order))
     wanted = budget.target * dense
     tolerance = TOLERANCE[budget.kind]
     predicted_target = wanted

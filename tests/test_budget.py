@@ -281,7 +281,7 @@ def _knapsack_setup(scores_of=None):
     scores = {s.group.id: (scores_of or (lambda g: np.ones(g.size)))(s.group) for s in scopes_}
     order = {s.group.id: _order(s.group, scores[s.group.id]) for s in scopes_}
     terms, constant, dense = mac_terms(coupling, model, (x,))
-    weights = group_weights(coupling, model, (x,), order, list(order))
+    weights = group_weights(CostModel(coupling, order, terms, constant), list(order))
     return coupling, scopes_, scores, order, terms, constant, dense, weights
 
 
