@@ -21,7 +21,7 @@ print("torch", torch.__version__, "torchvision", torchvision.__version__, "netwo
 PY
 if [ "$DEVICE" = cuda ] && [ -z "${SKIP_TESTS:-}" ]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider -m "" tests/test_budget.py tests/test_adversarial.py \
-    -k "cuda" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -5
+    tests/test_runtimes.py tests/test_bench.py -k "cuda" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -5
 fi
 if [ "${1:-}" = smoke ]; then
   timeout 120 python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
@@ -34,6 +34,11 @@ timeout ${T1:-330} python3 benchmarks/latency_target.py --device "$DEVICE" --dty
   --batch "$BATCH" --size "$SIZE" --models $MODELS --targets 0.75 0.5 --min-run-time "$MRT" --repeats 2 --threads 8 \
   --cache "$OUT/cache/latency.json" --jsonl "$OUT/latency_target_cuda.jsonl" --out "$OUT/latency_target_cuda.md" \
   2>&1 | tee -a "$log" | grep -v "^W1"
+# 1b. Optional (GRAPHS_MODELS=...): the same targets planned for and timed in CUDA graphs (no launch cost).
+[ -n "${GRAPHS_MODELS:-}" ] && timeout ${T1B:-200} python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" \
+  --channels-last --runtime cudagraphs --batch "$BATCH" --size "$SIZE" --models ${GRAPHS_MODELS:-} --targets 0.75 0.5 \
+  --min-run-time "$MRT" --repeats 2 --threads 8 --cache "$OUT/cache/latency.json" \
+  --jsonl "$OUT/latency_target_cuda_graphs.jsonl" 2>&1 | tee -a "$log" | grep "^| "
 # 2. Optional (TRADEOFF_MODELS=...): the planner's tradeoff, both ends, at target 0.5 (tables from step 1's cache).
 [ -n "${TRADEOFF_MODELS:-}" ] && timeout ${T2:-100} python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
   --batch "$BATCH" --size "$SIZE" --models ${TRADEOFF_MODELS:-} --targets 0.5 --tradeoffs 0 0.5 \

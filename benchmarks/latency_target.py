@@ -10,6 +10,7 @@ Dense and pruned models are timed back to back with torch.utils.benchmark (media
     python benchmarks/latency_target.py [--models resnet50 vgg16_bn mobilenet_v2] [--targets 0.75 0.5]
         [--size 160] [--threads 1] [--device cpu] [--cache PATH] [--out docs/latency_target.md]
     python benchmarks/latency_target.py --device cuda --dtype bfloat16 --channels-last --batch 128 --size 224
+        [--runtime cudagraphs]
 """
 
 from __future__ import annotations
@@ -81,10 +82,12 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
     lat_ratio, lat_plan, lat_fraction = _uniform_at_latency(model, x, plan.budget["actual_fraction"], round_to, timing)
     lat_macs = graphprune.count_macs(graphprune.apply(model, lat_plan), x)
     # Timed back to back, alternating, so slow drifts of a shared machine hit all of them alike.
-    times: dict[str, list[float]] = {"dense": [], "plan": [], "uniform": [], "raw": []}
+    # Each is prepared (compiled, captured) once and timed `repeats` times.
+    runs = {key: timing.runner(m, (x,)) for key, m in (("dense", model), ("plan", shrunk), ("uniform", uniform), ("raw", raw))}
+    times: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(repeats):
-        for key, m in (("dense", model), ("plan", shrunk), ("uniform", uniform), ("raw", raw)):
-            times[key].append(timing.model_seconds(m, (x,)) * 1e3)
+        for key, run in runs.items():
+            times[key].append(timing.seconds(run, timing.model_min_run_time) * 1e3)
     d, s, u, r = (min(times[k]) for k in ("dense", "plan", "uniform", "raw"))
     b = plan.budget
     return {"model": name, "target": target, "tradeoff": tradeoff if tradeoff is not None else DEFAULT_TRADEOFF["latency"], "dense_ms": d, "requested_ms": target * d, "predicted_ms": b["predicted"] * 1e3,
@@ -93,7 +96,7 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
             "load": os.getloadavg()[0], "gmacs": macs / 1e9, "macs_fraction": macs / macs0, "mparams": params / 1e6,
             "params_fraction": params / params0, "uniform_ratio": ratio, "uniform_ms": u, "speedup_vs_uniform": u / s,
             "raw_ratio": raw_ratio, "raw_ms": r, "speedup_vs_raw": r / s, "plan_s": seconds, "verify": rel,
-            "round_to": round_to, "table_measurements": b.get("table_measurements"),
+            "round_to": round_to, "runtime": b.get("runtime"), "table_measurements": b.get("table_measurements"),
             "kept_channels": plan.kept_fraction, "uniform_equal_latency_ratio": lat_ratio,
             "uniform_equal_latency_fraction": lat_fraction, "uniform_equal_latency_kept_channels": lat_plan.kept_fraction,
             "uniform_equal_latency_macs_fraction": lat_macs / macs0}
@@ -121,6 +124,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--channels-last", action="store_true", help="run convs in NHWC (the fast layout for bf16 on CUDA)")
+    parser.add_argument("--runtime", default="eager", choices=["eager", "compile", "cudagraphs"],
+                        help="the runtime planned for and timed in (graphprune.runtimes)")
     parser.add_argument("--cache", default=None, help="latency table JSON (default ~/.cache/graphprune/latency.json)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per whole-model measurement")
     parser.add_argument("--repeats", type=int, default=2, help="alternating timing rounds; each model keeps its fastest")
@@ -132,12 +137,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     hw = Hardware(device=args.device, dtype=args.dtype, num_threads=args.threads, cache=args.cache,
-                  batch_size=args.batch, channels_last=args.channels_last)
+                  batch_size=args.batch, channels_last=args.channels_last, runtime=args.runtime)
     timing = Hardware(device=args.device, dtype=args.dtype, num_threads=args.threads, batch_size=args.batch,
-                      channels_last=args.channels_last, model_min_run_time=args.min_run_time)
+                      channels_last=args.channels_last, model_min_run_time=args.min_run_time, runtime=args.runtime)
     x = torch.randn(1, 3, args.size, args.size)
     layout = ", channels_last" if args.channels_last else ""
-    header = (f"graphprune.plan(model, latency=target), {args.device} {args.dtype}{layout}, batch {args.batch}, "
+    header = (f"graphprune.plan(model, latency=target), {args.device} {args.dtype}{layout}, {args.runtime}, batch {args.batch}, "
               f"{args.size}x{args.size}, {args.threads} thread(s), torch {torch.__version__}"
               f"{', ' + torch.cuda.get_device_name() if hw.is_cuda else ''}, random-init torchvision models, "
               f"widths rounded to round_to='auto' = {graphprune.budget.resolve_round_to('auto', args.device, args.dtype)}")

@@ -61,12 +61,12 @@ def _budget(ratio: float | None, macs: float | None, params: float | None, laten
                   max_ratio=max_ratio, round_to=round_to)
 
 
-def _hardware(device: str, dtype: str, batch_size: int | None) -> Hardware:
+def _hardware(device: str, dtype: str, batch_size: int | None, runtime: str) -> Hardware:
     if batch_size is not None:
         check_positive(batch_size, "batch_size", integer=True)
     # Half-precision convs run on tensor cores in NHWC; a deployment on CUDA would use that layout.
     channels_last = device.startswith("cuda") and dtype in ("float16", "bfloat16")
-    return Hardware(device=device, dtype=dtype, batch_size=batch_size, channels_last=channels_last)
+    return Hardware(device=device, dtype=dtype, batch_size=batch_size, channels_last=channels_last, runtime=runtime)
 
 
 def plan(
@@ -82,6 +82,7 @@ def plan(
     device: str = "cpu",
     dtype: str | torch.dtype = "float32",
     batch_size: int | None = None,
+    runtime: str = "eager",
     hardware: Hardware | None = None,
     budget: Budget | None = None,
     example_inputs: Any = None,
@@ -99,8 +100,9 @@ def plan(
     ({fnmatch pattern on producer module names: ratio}), ``max_ratio`` and ``round_to`` (an
     int, or ``"auto"`` for ``device``/``dtype``) scope the decision. Latency is measured on
     ``device`` in ``dtype`` at ``batch_size`` (default: the example inputs' batch), in channels-last
-    layout for fp16/bf16 on CUDA; ``hardware`` (a :class:`~graphprune.latency_table.Hardware`)
-    overrides all four and sets threads, layout, grid and cache file. A
+    layout for fp16/bf16 on CUDA, in the ``runtime`` the model will be deployed with (``"eager"``,
+    ``"compile"`` or ``"cudagraphs"``, see :mod:`graphprune.runtimes`); ``hardware`` (a
+    :class:`~graphprune.latency_table.Hardware`) overrides all five and sets threads, layout, grid and cache file. A
     :class:`~graphprune.budget.Budget` may be given whole as ``budget`` instead of ``ratio`` and the
     budget keywords; it also holds the planner's ``tradeoff`` between importance and savings.
 
@@ -127,7 +129,7 @@ def plan(
         result = make_plan(coupling, budget.ratio, scorer, importance_name=name, model=model,
                            example_args=coupling.example_args, leaf_modules=coupling.leaf_modules)
     else:
-        hw = hardware or _hardware(str(device), str(dtype).removeprefix("torch."), batch_size)
+        hw = hardware or _hardware(str(device), str(dtype).removeprefix("torch."), batch_size, runtime)
         result = plan_with_budget(model, coupling, scorer, budget, importance_name=name, hardware=hw, rules=rules)
     if result.inexact:
         warnings.warn(
@@ -173,7 +175,7 @@ def shrink(
     """Prune ``model`` to a target and return the smaller model: ``shrink(model, 0.5)`` removes half of
     every group's channels; ``shrink(model, macs=0.5)``, ``params=0.4`` or ``latency=0.5`` meet a
     budget. The budget keywords are :func:`plan`'s (``overrides``, ``max_ratio``, ``round_to``,
-    ``device``, ``dtype``, ``batch_size``, ``hardware``).
+    ``device``, ``dtype``, ``batch_size``, ``runtime``, ``hardware``).
 
     Equivalent to ``apply(model, plan(model, ratio, ...))``; ``exact_only`` as in :func:`plan`.
     """
@@ -188,7 +190,7 @@ def shrink(
 
 
 _BUDGET_KEYWORDS = frozenset({"macs", "params", "latency", "overrides", "max_ratio", "round_to", "device", "dtype", "batch_size",
-                              "hardware", "budget"})
+                              "runtime", "hardware", "budget"})
 
 
 

@@ -34,11 +34,12 @@ import torch.utils.benchmark as benchmark
 from torch import nn
 
 from .errors import InputError
+from .runtimes import RUNTIMES, check_runtime, runner
 from .stats import count_macs, count_params
 
 __all__ = ["Config", "Row", "default_configs", "run_benchmark", "to_markdown", "plot"]
 
-MODES = ("eager", "compile", "cudagraphs")
+MODES = RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -105,10 +106,7 @@ def default_configs(devices: Sequence[str] | None = None, *, modes: Sequence[str
 
 
 def _check(config: Config) -> None:
-    if config.mode not in MODES:
-        raise InputError(f"unknown mode {config.mode!r}; choose from {', '.join(MODES)}")
-    if config.mode == "cudagraphs" and config.device != "cuda":
-        raise InputError("CUDA graphs need device 'cuda'")
+    check_runtime(config.mode, config.device)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("CUDA is not available on this machine")
     if not isinstance(getattr(torch, config.dtype, None), torch.dtype):
@@ -121,38 +119,13 @@ def _prepare(model: nn.Module, x: torch.Tensor, config: Config) -> Callable[[], 
     dtype = getattr(torch, config.dtype)
     model = copy.deepcopy(model).eval().to(device=config.device, dtype=dtype, memory_format=fmt)
     x = x.to(device=config.device, dtype=dtype).contiguous(memory_format=fmt)
-    if config.mode == "compile":
-        model = torch.compile(model, backend="inductor")
-    if config.mode == "cudagraphs":
-        static_x = x.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(3):  # warm-up on a side stream, as capture requires
-                model(static_x)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
-            model(static_x)
-
-        # The graph replays raw addresses: the model's weights and the static input must outlive it, or the
-        # allocator hands their memory to the next model and replay reads freed memory.
-        def replay(graph: torch.cuda.CUDAGraph = graph, keep: tuple[object, ...] = (model, static_x)) -> None:
-            graph.replay()
-
-        return replay
-
-    def forward() -> object:
-        with torch.inference_mode():
-            return model(x)
-
-    forward()  # warm-up (and compilation, for torch.compile)
-    return forward
+    return runner(model, (x,), config.mode)
 
 
 def _time_ms(fn: Callable[[], object], *, min_run_time: float, num_threads: int) -> float:
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    with torch.inference_mode():
+        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def run_benchmark(pairs: dict[str, tuple[nn.Module, nn.Module]], input_shape: Sequence[int],

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dtype --latency is measured in (default: float32)")
     shrink.add_argument("--batch-size", type=int, default=None,
                         help="batch size --latency is measured at (default: that of --input-shape)")
+    shrink.add_argument("--runtime", default="eager", choices=["eager", "compile", "cudagraphs"],
+                        help="the runtime --latency is measured in, as the model will be deployed (default: eager)")
     shrink.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto",
                         help="keep every width a multiple of N, or 'auto' for --device and --dtype")
     shrink.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="directory to write the model to")
@@ -179,7 +181,7 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
     if args.round_to is not None:
         budget["round_to"] = args.round_to
     if args.latency is not None:
-        budget.update(device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+        budget.update(device=args.device, dtype=args.dtype, batch_size=args.batch_size, runtime=args.runtime)
     plan = api.plan(model, **budget, example_inputs=x, importance=args.importance)
     steps.update()
     steps.set_postfix_str("rewrite")

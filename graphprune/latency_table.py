@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.utils.benchmark as benchmark
 from torch import nn
+
+from .runtimes import check_runtime, runner
 
 __all__ = ["Hardware", "LatencyTable", "LayerSpec", "LayerLatency", "layer_specs", "width_grid", "default_cache_path"]
 
@@ -49,6 +51,13 @@ class Hardware:
     layer (default 16 on CUDA, whose latency has steps at tile boundaries, 6 on CPU).
     ``min_run_time`` is the timing per layer measurement (default 0.01 s on CUDA, 0.05 s on CPU);
     ``model_min_run_time`` per whole-model measurement.
+
+    ``runtime`` is how the model will be deployed (:mod:`graphprune.runtimes`): ``"eager"``,
+    ``"compile"`` or ``"cudagraphs"``. Whole models are timed in it. Layers are timed alone in it
+    too, except under ``"compile"``: inductor calls the same library conv and GEMM kernels as
+    eager mode, and compiling every layer at every width would take hours, so layers are timed
+    eagerly (sharing eager's cache) and what the compiler fuses around them is measured by the
+    whole-model rounds.
     """
 
     device: str = "cpu"
@@ -60,6 +69,10 @@ class Hardware:
     batch_size: int | None = None
     channels_last: bool = False
     grid_points: int | None = None
+    runtime: str = "eager"
+
+    def __post_init__(self) -> None:
+        check_runtime(self.runtime, self.device)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -83,12 +96,19 @@ class Hardware:
             name = f"{self.device}:{torch.cuda.get_device_name(torch.device(self.device))}"
         layout = "|channels_last" if self.channels_last else ""
         batch = f"|batch={self.batch_size}" if self.batch_size else ""
-        return f"{name}|{self.dtype.removeprefix('torch.')}|threads={self.num_threads}{batch}{layout}"
+        runtime = "" if self.layer_runtime == "eager" else f"|{self.layer_runtime}"
+        return f"{name}|{self.dtype.removeprefix('torch.')}|threads={self.num_threads}{batch}{layout}{runtime}"
 
-    def timer(self, stmt: str, glob: dict[str, Any], min_run_time: float | None = None) -> float:
-        """Median seconds of ``stmt`` under ``torch.utils.benchmark`` (CUDA is synchronised by the Timer)."""
-        t = benchmark.Timer(stmt=stmt, globals=glob, num_threads=self.num_threads)
-        return t.blocked_autorange(min_run_time=min_run_time or self.layer_min_run_time).median
+    @property
+    def layer_runtime(self) -> str:
+        """The runtime a layer is timed in alone (see the class docstring for ``"compile"``)."""
+        return "eager" if self.runtime == "compile" else self.runtime
+
+    def seconds(self, forward: Callable[[], object], min_run_time: float | None = None) -> float:
+        """Median seconds of ``forward()`` under ``torch.utils.benchmark`` (CUDA is synchronised by the Timer)."""
+        t = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=self.num_threads)
+        with torch.inference_mode():
+            return t.blocked_autorange(min_run_time=min_run_time or self.layer_min_run_time).median
 
     def tensor(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` on this device (floating tensors in this dtype), its batch repeated to ``batch_size``, in this layout."""
@@ -107,13 +127,17 @@ class Hardware:
             module = module.to(memory_format=torch.channels_last)
         return module.eval()
 
-    def model_seconds(self, model: nn.Module, args: tuple[Any, ...]) -> float:
-        """Median seconds of one forward pass of ``model(*args)``, run on a placed copy (``model`` is untouched)."""
+    def runner(self, model: nn.Module, args: tuple[Any, ...]) -> Callable[[], object]:
+        """``model(*args)`` as a warmed-up zero-argument callable on a placed copy, in this runtime
+        (``model`` is untouched). Time it with :meth:`seconds`, as often as needed: compiling or
+        capturing it is done once."""
         moved = self.place(copy.deepcopy(model))
         moved_args = tuple(self.tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
-        with torch.no_grad():
-            moved(*moved_args)  # warm-up: kernel selection, allocator
-            return self.timer("model(*args)", {"model": moved, "args": moved_args}, self.model_min_run_time)
+        return runner(moved, moved_args, self.runtime)
+
+    def model_seconds(self, model: nn.Module, args: tuple[Any, ...]) -> float:
+        """Median seconds of one forward pass of ``model(*args)`` in this runtime (``model`` is untouched)."""
+        return self.seconds(self.runner(model, args), self.model_min_run_time)
 
 
 @dataclass(frozen=True)
@@ -224,9 +248,7 @@ class LatencyTable:
         module = hw.place(module)
         # Drawn on the device at the batch size: a batch-128 activation drawn on the host costs more than the timing.
         x = hw.tensor(torch.randn((hw.batch_size or shape[0], *shape[1:]), device=hw.device, dtype=hw.torch_dtype))
-        with torch.no_grad():
-            module(x)  # warm-up: kernel selection, allocator
-            return hw.timer("module(x)", {"module": module, "x": x})
+        return hw.seconds(runner(module, (x,), hw.layer_runtime))
 
 
 @dataclass

@@ -138,14 +138,17 @@ def plan_with_budget(
             return float(count_macs(shrunk, args))
     else:
         table = LatencyTable(hw)
-        dense = hw.model_seconds(model, args)
+        dense_run = hw.runner(model, args)  # compiled or captured once, however often it is timed
+        dense = hw.seconds(dense_run, hw.model_min_run_time)
         terms, constant = latency_terms(coupling, hw, round_to, table, dense)
-        record["table_measurements"] = table.measured
+        record.update(table_measurements=table.measured, hardware=hw.key_prefix(), runtime=hw.runtime)
 
         def real(shrunk: nn.Module) -> float:
             # Timed in pairs with the dense model, alternating: on a shared machine the load drifts between
             # measurements, and a fraction of a fresh dense time is what the target is a fraction of.
-            pairs = [(hw.model_seconds(model, args), hw.model_seconds(shrunk, args)) for _ in range(2)]
+            shrunk_run = hw.runner(shrunk, args)
+            pairs = [(hw.seconds(dense_run, hw.model_min_run_time), hw.seconds(shrunk_run, hw.model_min_run_time))
+                     for _ in range(2)]
             return dense * min(s for _, s in pairs) / min(d for d, _ in pairs)
 
     cost = CostModel(coupling, order, terms, constant)
@@ -206,10 +209,10 @@ def plan_with_budget(
     elif budget.kind == "latency" and actual > wanted * (1 + 2 * tolerance):
         raise PlanError(
             f"the latency budget {budget.target:g} cannot be met on {hw.device} ({hw.dtype}, batch "
-            f"{hw.batch_size or 'as given'}): the fastest of {len(tried)} plans measured {actual / dense:.3f} of the "
+            f"{hw.batch_size or 'as given'}, {hw.runtime}): the fastest of {len(tried)} plans measured {actual / dense:.3f} of the "
             f"dense {dense * 1e3:.3f} ms, keeping {plan.kept_fraction:.1%} of the prunable channels",
-            hint="per-call overhead bounds how fast a small model runs: ask for a larger batch_size, run under "
-                 "CUDA graphs or torch.compile, or give a higher target",
+            hint="per-call overhead bounds how fast a small model runs: ask for a larger batch_size, plan for the "
+                 "runtime it will be deployed with (runtime='cudagraphs' on CUDA, or 'compile'), or give a higher target",
         )
     elif abs(actual / wanted - 1) > tolerance:
         warnings.warn(f"the {budget.kind} budget {budget.target:g}: the nearest plan measured {actual / dense:.3f} of "

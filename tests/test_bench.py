@@ -38,7 +38,7 @@ def test_grid_and_refusals():
     pair = {"m": (_net(8), _net(4))}
     with pytest.raises(graphprune.InputError, match="CUDA graphs need"):
         run_benchmark(pair, (3, 8, 8), [Config("cpu", 1, "float32", False, "cudagraphs")])
-    with pytest.raises(graphprune.InputError, match="unknown mode"):
+    with pytest.raises(graphprune.InputError, match="unknown runtime"):
         run_benchmark(pair, (3, 8, 8), [Config("cpu", 1, "float32", False, "fast")])
     with pytest.raises(graphprune.InputError, match="unknown dtype"):
         run_benchmark(pair, (3, 8, 8), [Config("cpu", 1, "float42", False, "eager")])

@@ -11,6 +11,7 @@ import torchvision
 import graphprune
 from graphprune.errors import InputError, PlanError
 from graphprune.latency_table import Hardware, LatencyTable
+from .helpers import time_models_by
 
 MODELS = {
     "resnet18": torchvision.models.resnet18,
@@ -154,7 +155,7 @@ def test_latency_budget_never_returns_a_slower_model(tmp_path, monkeypatch):
     def slower_when_pruned(hw, m, args):  # a device on which every pruned model runs slower
         return 1.0 if graphprune.count_params(m) == dense_params else 2.0
 
-    monkeypatch.setattr(Hardware, "model_seconds", slower_when_pruned)
+    time_models_by(monkeypatch, slower_when_pruned)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = graphprune.plan(model, example_inputs=x, latency=0.5,
@@ -171,7 +172,7 @@ def _fake_device(monkeypatch, x, floor):
     def latency(hw, m, args):
         return floor + (1 - floor) * (graphprune.count_macs(m, x) / dense_macs) ** 2
 
-    monkeypatch.setattr(Hardware, "model_seconds", latency)
+    time_models_by(monkeypatch, latency)
 
 
 def test_latency_rounds_converge_on_a_device_unlike_the_table(tmp_path, monkeypatch):
@@ -208,7 +209,7 @@ def test_a_latency_plan_reports_a_fresh_timing_not_the_one_it_was_chosen_on(tmp_
     def layer_macs(table, spec, cin, cout):  # the table too is deterministic: a layer's time is its MACs
         return cin * cout * float(np.prod(spec.kernel or (1,))) * 1e-9
 
-    monkeypatch.setattr(Hardware, "model_seconds", drifting)
+    time_models_by(monkeypatch, drifting)
     monkeypatch.setattr(LatencyTable, "_measure", layer_macs)
     hw = Hardware(cache=str(tmp_path / "lat.json"), min_run_time=0.005)
     with warnings.catch_warnings():

@@ -12,6 +12,7 @@ import torch
 import graphprune
 from graphprune.cli import main
 
+from .helpers import time_models_by
 from .models import OldVGG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def test_params_and_latency_budgets(tmp_path, monkeypatch):
     # Whole-model timings come from a deterministic stand-in (latency in proportion to MACs), so the test does
     # not depend on the machine's load; the per-layer table is still measured, at the batch asked for.
     dense_macs = graphprune.count_macs(OldVGG(), x)
-    monkeypatch.setattr(graphprune.Hardware, "model_seconds", lambda hw, m, args: graphprune.count_macs(m, x) / dense_macs)
+    time_models_by(monkeypatch, lambda hw, m, args: graphprune.count_macs(m, x) / dense_macs)
     assert main(["shrink", "tests.models:OldVGG", "--latency", "0.6", "--batch-size", "4", "--input-shape", "1,3,16,16",
                  "-o", str(tmp_path / "l")]) == 0
     record = graphprune.plans_of(graphprune.load(tmp_path / "l"))[-1].budget
