@@ -112,6 +112,9 @@ def test_params_and_latency_budgets(tmp_path, monkeypatch):
     assert record["kind"] == "latency" and record["latency"] == 0.6 and record["actual"] <= record["dense"]
     keys = json.loads((tmp_path / "cache" / "latency.json").read_text())
     assert keys and all("|batch=4" in k for k in keys)  # timed at the batch asked for, not the example's
+    assert record["runtime"] == "eager"
+    assert main(["shrink", "tests.models:OldVGG", "--latency", "0.6", "--runtime", "cudagraphs", "--input-shape",
+                 "1,3,16,16", "-o", str(tmp_path / "g")]) == 2  # CUDA graphs on the CPU: refused before any timing
     with pytest.raises(SystemExit) as info:
         main(["shrink", "tests.models:OldVGG", "--ratio", "0.5", "--round-to", "0", "-o", str(tmp_path / "x")])
     assert info.value.code == 2
