@@ -35,6 +35,9 @@ from .runtimes import check_runtime, runner
 __all__ = ["Hardware", "LatencyTable", "LayerSpec", "LayerLatency", "layer_specs", "width_grid", "default_cache_path"]
 
 
+_GRAPH_CALLS = 8  # calls of a layer captured in one CUDA graph when it is timed alone
+
+
 def default_cache_path() -> Path:
     """``$GRAPHPRUNE_CACHE`` or ``~/.cache/graphprune``, plus ``latency.json``."""
     root = os.environ.get("GRAPHPRUNE_CACHE") or Path.home() / ".cache" / "graphprune"
@@ -248,7 +251,10 @@ class LatencyTable:
         module = hw.place(module)
         # Drawn on the device at the batch size: a batch-128 activation drawn on the host costs more than the timing.
         x = hw.tensor(torch.randn((hw.batch_size or shape[0], *shape[1:]), device=hw.device, dtype=hw.torch_dtype))
-        return hw.seconds(runner(module, (x,), hw.layer_runtime))
+        # In a graph, a layer's kernels run back to back with the rest of the model's; one replay per call would add
+        # a launch that the whole model's graph does not pay per layer.
+        calls = _GRAPH_CALLS if hw.layer_runtime == "cudagraphs" else 1
+        return hw.seconds(runner(module, (x,), hw.layer_runtime, calls=calls)) / calls
 
 
 @dataclass

@@ -39,20 +39,25 @@ def check_runtime(runtime: str, device: str) -> str:
     return runtime
 
 
-def runner(model: nn.Module, args: tuple[Any, ...], runtime: str) -> Callable[[], object]:
-    """A zero-argument callable running ``model(*args)`` once in ``runtime``, warmed up (and compiled or captured).
+def runner(model: nn.Module, args: tuple[Any, ...], runtime: str, *, calls: int = 1) -> Callable[[], object]:
+    """A zero-argument callable running ``model(*args)`` ``calls`` times in ``runtime``, warmed up (and compiled
+    or captured).
 
     ``model`` and ``args`` must already be on their device, in their dtype and layout; under
     ``"compile"`` the model's ``forward`` is rebound (it should be a copy the caller owns). Call
     it under ``torch.inference_mode()``, as the warm-up was: a timer enters the mode once around
-    its loop, rather than paying for it in every call it measures.
+    its loop, rather than paying for it in every call it measures. Several ``calls`` in one CUDA
+    graph time a small layer's kernels back to back, as they run inside a whole graph, rather
+    than behind one replay's launch each.
     """
     if runtime == "cudagraphs":
-        return _graph_replay(model, args)
+        return _graph_replay(model, args, calls)
     if runtime == "compile":
         model = torch.compile(_with_own_forward(model), backend="inductor")
 
     def forward() -> object:
+        for _ in range(calls - 1):
+            model(*args)
         return model(*args)
 
     with torch.inference_mode():
@@ -80,7 +85,7 @@ def _with_own_forward(model: nn.Module) -> nn.Module:
     return model
 
 
-def _graph_replay(model: nn.Module, args: tuple[Any, ...]) -> Callable[[], object]:
+def _graph_replay(model: nn.Module, args: tuple[Any, ...], calls: int) -> Callable[[], object]:
     static = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -90,7 +95,8 @@ def _graph_replay(model: nn.Module, args: tuple[Any, ...]) -> Callable[[], objec
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.inference_mode(), torch.cuda.graph(graph):
-        model(*static)
+        for _ in range(calls):
+            model(*static)
 
     # The graph replays raw addresses: the model's weights and the static inputs must outlive it, or the
     # allocator hands their memory to the next model and replay reads freed memory.

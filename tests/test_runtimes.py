@@ -27,6 +27,16 @@ def test_unknown_or_impossible_runtimes_are_refused():
         graphprune.plan(model, example_inputs=x, latency=0.5, runtime="onnx")
 
 
+def test_a_runner_makes_the_calls_it_is_asked_for_once_warmed_up():
+    model, calls = torch.nn.Linear(4, 2).eval(), []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    forward = runner(model, (torch.ones(1, 4),), "eager", calls=3)
+    assert len(calls) == 3  # the warm-up
+    with torch.inference_mode():
+        assert forward().shape == (1, 2)
+    assert len(calls) == 6
+
+
 def test_compiled_models_of_one_class_are_each_compiled_past_the_recompile_limit():
     # Dynamo keeps graphs on forward's code object and, past recompile_limit differently shaped entries, runs
     # eagerly without an error. A latency plan compiles many widths of one class; each must really be compiled.
