@@ -96,7 +96,7 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
             "load": os.getloadavg()[0], "gmacs": macs / 1e9, "macs_fraction": macs / macs0, "mparams": params / 1e6,
             "params_fraction": params / params0, "uniform_ratio": ratio, "uniform_ms": u, "speedup_vs_uniform": u / s,
             "raw_ratio": raw_ratio, "raw_ms": r, "speedup_vs_raw": r / s, "plan_s": seconds, "verify": rel,
-            "round_to": round_to, "runtime": b.get("runtime"), "table_measurements": b.get("table_measurements"),
+            "round_to": round_to, "runtime": b.get("runtime"), "allocator": b.get("allocator"), "table_measurements": b.get("table_measurements"),
             "kept_channels": plan.kept_fraction, "uniform_equal_latency_ratio": lat_ratio,
             "uniform_equal_latency_fraction": lat_fraction, "uniform_equal_latency_kept_channels": lat_plan.kept_fraction,
             "uniform_equal_latency_macs_fraction": lat_macs / macs0}

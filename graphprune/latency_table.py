@@ -32,10 +32,30 @@ from torch import nn
 
 from .runtimes import check_runtime, runner
 
-__all__ = ["Hardware", "LatencyTable", "LayerSpec", "LayerLatency", "layer_specs", "width_grid", "default_cache_path"]
+__all__ = ["Hardware", "LatencyTable", "LayerSpec", "LayerLatency", "layer_specs", "width_grid", "default_cache_path",
+           "host_allocator"]
 
 
 _GRAPH_CALLS = 8  # calls of a layer captured in one CUDA graph when it is timed alone
+
+
+def host_allocator() -> str:
+    """The memory allocator this process runs on: ``"jemalloc"``, ``"tcmalloc"`` or ``"mimalloc"`` when one is
+    loaded (``LD_PRELOAD``), else ``"glibc"`` with any ``MALLOC_*_`` tuning variables, or ``"unknown"``.
+
+    A CPU model's latency depends on it: under glibc's defaults every forward pass can fault in fresh pages
+    for its activations, a cost a layer timed alone does not pay (see docs/latency_target.md). A latency
+    plan records it, so that a figure can be reproduced under the same allocator.
+    """
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        if f"lib{name}" in maps:
+            return name
+    tuning = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_") and k.endswith("_"))
+    return "glibc" + (f" ({', '.join(tuning)})" if tuning else "")
 
 
 def default_cache_path() -> Path:

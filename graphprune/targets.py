@@ -24,7 +24,7 @@ from .costs import CostModel, Term, mac_terms, param_terms
 from .couple import Coupling
 from .errors import BudgetWarning, PlanError
 from .importance import Importance
-from .latency_table import Hardware, LatencyTable, LayerLatency, layer_specs
+from .latency_table import Hardware, LatencyTable, LayerLatency, host_allocator, layer_specs
 from .planning import Plan, make_plan, score_group
 from .rewrite import apply_plan
 from .stats import count_macs, count_params
@@ -141,7 +141,8 @@ def plan_with_budget(
         dense_run = hw.runner(model, args)  # compiled or captured once, however often it is timed
         dense = hw.seconds(dense_run, hw.model_min_run_time)
         terms, constant = latency_terms(coupling, hw, round_to, table, dense)
-        record.update(table_measurements=table.measured, hardware=hw.key_prefix(), runtime=hw.runtime)
+        record.update(table_measurements=table.measured, hardware=hw.key_prefix(), runtime=hw.runtime,
+                      allocator=host_allocator())
 
         def real(shrunk: nn.Module) -> float:
             # Timed in pairs with the dense model, alternating: on a shared machine the load drifts between

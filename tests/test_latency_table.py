@@ -1,5 +1,7 @@
 """The latency table's pieces without timing: hardware placement, width grids, the separable surface."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -64,3 +66,14 @@ def test_separable_surface_is_exact_on_measured_lines_and_sees_steps():
     depthwise = LayerSpec("dw", "dw.weight", "conv2d", 64, 64, (1, 64, 8, 8), (3, 3), (1, 1), (1, 1), (1, 1), True)
     line = LayerLatency.measure(depthwise, _FakeTable(), round_to=8)
     assert line(0, 32) == pytest.approx(32 * 32e-6) and np.array_equal(line.by_cin, line.by_cout)
+
+
+def test_the_host_allocator_is_named_with_its_tuning(monkeypatch):
+    from graphprune.latency_table import host_allocator
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4000000000")
+    name = host_allocator()
+    if Path("/proc/self/maps").exists():  # Linux
+        assert name in ("jemalloc", "tcmalloc", "mimalloc") or name == "glibc (MALLOC_TRIM_THRESHOLD_=4000000000)"
+    else:
+        assert name == "unknown"

@@ -63,6 +63,7 @@ def test_hardware_leaves_the_model_alone_and_keys_compiled_layers_as_eager(tmp_p
     monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
     plan = graphprune.plan(model, example_inputs=x, latency=0.6, runtime="compile")
     assert plan.budget["runtime"] == "compile" and plan.budget["hardware"] == Hardware().key_prefix()
+    assert plan.budget["allocator"] == graphprune.latency_table.host_allocator()  # how it was measured, recorded
     assert "forward" not in model.__dict__
 
 
