@@ -4,14 +4,17 @@ The uniform ratio is decided in one pass. A MACs, parameter or latency budget is
 the greedy knapsack of :mod:`graphprune.budget` against a predicted cost, then the plan is
 applied and the shrunk model counted (MACs, parameters) or timed (latency). If the real
 figure misses the target by more than the tolerance, the predicted target is scaled by
-the miss and the plan solved again (a few rounds at most). Under a latency budget the chosen
-plan is timed again for the figure reported and checked, and a plan that measures slower than
-the dense model is never returned: the dense plan is, with a warning and a note in ``plan.budget``.
+the miss and the plan solved again (a few rounds at most). Under a latency budget a plan that
+meets the target is timed again before the rounds stop (the timing it met it on is biased low),
+and a plan that measures slower than the dense model is never returned: the dense plan is, with
+a warning and a note in ``plan.budget``. Measuring the table and the rounds shows progress bars
+on a terminal.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +58,10 @@ def _choose(tried: list[tuple[Plan, float, float]], wanted: float, tolerance: fl
     return max(under, key=lambda t: t[2]) if under else min(tried, key=lambda t: t[2])
 
 
+def _quiet() -> bool:
+    return not sys.stderr.isatty()
+
+
 def _order(group: Any, scores: np.ndarray) -> np.ndarray:
     free = np.nonzero(~group.pinned)[0]
     return free[np.argsort(scores[free], kind="stable")]
@@ -80,8 +87,12 @@ def latency_terms(coupling: Coupling, hardware: Hardware, round_to: int, table: 
     """One term per prunable conv/linear: its measured latency at the kept widths, scaled so the dense
     layers sum to the measured dense model (the rest of the model, norms and activations, is assumed
     to shrink with the layers it sits between). Returns (terms, constant 0)."""
+    from tqdm.auto import tqdm
+
     weights = {use.tensor for use in coupling.uses}
-    surfaces = [(spec, LayerLatency.measure(spec, table, round_to)) for spec in layer_specs(coupling.gm, weights)]
+    specs = layer_specs(coupling.gm, weights)
+    surfaces = [(spec, LayerLatency.measure(spec, table, round_to))
+                for spec in tqdm(specs, desc="latency table", unit="layer", disable=_quiet(), leave=False)]
     table.save()
     dense_layers = sum(s(spec.in_channels, spec.out_channels) for spec, s in surfaces)
     scale = dense_seconds / dense_layers if dense_layers > 0 else 1.0
@@ -167,6 +178,10 @@ def plan_with_budget(
     tried: list[tuple[Plan, float, float]] = []  # (plan, predicted, measured)
     chosen_on: dict[int, float] = {}  # a latency plan's first timing, where a second one was made
     rounds = _ROUNDS if budget.kind != "latency" else _LATENCY_ROUNDS
+    from tqdm.auto import tqdm
+
+    # Counting is instant; timing (and compiling) each candidate is what a user waits for.
+    bar = tqdm(total=rounds, desc=f"{budget.kind} rounds", disable=budget.kind != "latency" or _quiet(), leave=False)
     for round_ in range(rounds):
         removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target, cost_weight=tradeoff,
                                               weights=weights)
@@ -188,6 +203,8 @@ def plan_with_budget(
             chosen_on[id(plan)] = actual
             actual = real(shrunk)
         tried.append((plan, predicted, actual))
+        bar.update()
+        bar.set_postfix_str(f"measured {actual / dense:.3f} of dense, target {budget.target:g}")
         if abs(actual / wanted - 1) <= tolerance:
             break
         if budget.kind == "latency" and predicted > predicted_target * (1 + 1e-9) and actual > wanted:
@@ -200,6 +217,7 @@ def plan_with_budget(
             predicted_target = math.sqrt(too_fast * too_slow)
         else:  # damped: one noisy measurement must not send the next round to a degenerate plan
             predicted_target *= min(1.33, max(0.75, wanted / actual))
+    bar.close()
     plan, predicted, actual = _choose(tried, wanted, tolerance, bound=budget.kind == "latency")
     if budget.kind == "latency":
         # A plan chosen on its only timing was chosen for it: the figure reported and checked is a fresh one.
