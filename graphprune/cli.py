@@ -24,6 +24,7 @@ _EPILOG_SHRINK = """examples:
   graphprune shrink mypkg.models:build_net --ratio 0.3 --input-shape 1,3,32,32 -o net-small/
   graphprune shrink resnet50-half/ --ratio 0.2 -o resnet50-smaller/     (shrink a shrunk model again)
   graphprune shrink torchvision:resnet50 --latency 0.5 --device cuda --dtype bfloat16 --batch-size 128 -o r50-fast/
+  graphprune shrink torchvision:resnet50 --latency 0.5 --device cuda --dtype bfloat16 --runtime cudagraphs -o r50-graphs/
 
 Load the result in Python with graphprune.load("resnet50-half/")."""
 
