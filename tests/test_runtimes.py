@@ -83,8 +83,8 @@ def test_latency_plan_measured_compiled(tmp_path):
 def test_latency_plan_in_cuda_graphs(tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
     torch.manual_seed(0)
-    model, x = Tiny().eval(), torch.randn(1, 3, 32, 32)
-    plan = graphprune.plan(model, example_inputs=x, latency=0.7, device="cuda", dtype=torch.bfloat16, batch_size=32,
+    model, x = Tiny().eval(), torch.randn(1, 3, 64, 64)
+    plan = graphprune.plan(model, example_inputs=x, latency=0.8, device="cuda", dtype=torch.bfloat16, batch_size=128,
                            runtime="cudagraphs")
     assert plan.budget["runtime"] == "cudagraphs" and plan.budget["actual"] <= plan.budget["dense"]
     keys = json.loads((tmp_path / "latency.json").read_text())
