@@ -26,6 +26,7 @@ import torchvision
 
 import graphprune
 from graphprune.bench import default_configs, plot, run_benchmark, to_markdown
+from graphprune.runtimes import RUNTIMES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=None, help="default: 1 16 (and 128 on cuda)")
     parser.add_argument("--dtype", nargs="+", default=["float32"])
     parser.add_argument("--channels-last", action="store_true", help="also time channels_last")
-    parser.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraphs"])
+    parser.add_argument("--mode", nargs="+", default=["eager"], choices=RUNTIMES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--min-run-time", type=float, default=0.5)

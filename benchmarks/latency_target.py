@@ -29,6 +29,7 @@ import torchvision
 import graphprune
 import graphprune.budget
 from graphprune.latency_table import Hardware
+from graphprune.runtimes import RUNTIMES
 from graphprune.targets import DEFAULT_TRADEOFF
 
 
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--channels-last", action="store_true", help="run convs in NHWC (the fast layout for bf16 on CUDA)")
-    parser.add_argument("--runtime", default="eager", choices=["eager", "compile", "cudagraphs"],
+    parser.add_argument("--runtime", default="eager", choices=RUNTIMES,
                         help="the runtime planned for and timed in (graphprune.runtimes)")
     parser.add_argument("--cache", default=None, help="latency table JSON (default ~/.cache/graphprune/latency.json)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per whole-model measurement")

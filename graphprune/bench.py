@@ -21,7 +21,6 @@ small-channel inefficiency) kept part of it.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import sys
@@ -34,12 +33,11 @@ import torch.utils.benchmark as benchmark
 from torch import nn
 
 from .errors import InputError
-from .runtimes import RUNTIMES, check_runtime, runner
+from .latency_table import Hardware
+from .runtimes import check_runtime
 from .stats import count_macs, count_params
 
 __all__ = ["Config", "Row", "default_configs", "run_benchmark", "to_markdown", "plot"]
-
-MODES = RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -114,12 +112,10 @@ def _check(config: Config) -> None:
 
 
 def _prepare(model: nn.Module, x: torch.Tensor, config: Config) -> Callable[[], object]:
-    """A zero-argument callable running one forward pass of a converted copy of ``model``."""
-    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    dtype = getattr(torch, config.dtype)
-    model = copy.deepcopy(model).eval().to(device=config.device, dtype=dtype, memory_format=fmt)
-    x = x.to(device=config.device, dtype=dtype).contiguous(memory_format=fmt)
-    return runner(model, (x,), config.mode)
+    """A zero-argument callable running one forward pass of a converted copy of ``model``: placed as the
+    latency planner places it, so a benchmark and a latency budget time the same thing."""
+    hardware = Hardware(device=config.device, dtype=config.dtype, channels_last=config.channels_last, runtime=config.mode)
+    return hardware.runner(model, (x,))
 
 
 def _time_ms(fn: Callable[[], object], *, min_run_time: float, num_threads: int) -> float:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import GraphPruneError, InputError
+from .runtimes import RUNTIMES
 
 __all__ = ["main", "build_parser"]
 
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dtype --latency is measured in (default: float32)")
     shrink.add_argument("--batch-size", type=int, default=None,
                         help="batch size --latency is measured at (default: that of --input-shape)")
-    shrink.add_argument("--runtime", default="eager", choices=["eager", "compile", "cudagraphs"],
+    shrink.add_argument("--runtime", default="eager", choices=RUNTIMES,
                         help="the runtime --latency is measured in, as the model will be deployed (default: eager)")
     shrink.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto",
                         help="keep every width a multiple of N, or 'auto' for --device and --dtype")
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
                        help="dtypes to time (default: float32)")
     bench.add_argument("--channels-last", action="store_true", help="also time the channels_last memory layout")
-    bench.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraphs"],
+    bench.add_argument("--mode", nargs="+", default=["eager"], choices=RUNTIMES,
                        help="execution modes (default: eager)")
     bench.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     bench.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per measurement")

@@ -14,13 +14,13 @@ on a terminal.
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from torch import nn
+from tqdm.auto import tqdm
 
 from .budget import Budget, GroupScope, greedy_decisions, resolve_round_to, scopes, uniform_decisions
 from .costs import CostModel, Term, mac_terms, param_terms
@@ -58,10 +58,6 @@ def _choose(tried: list[tuple[Plan, float, float]], wanted: float, tolerance: fl
     return max(under, key=lambda t: t[2]) if under else min(tried, key=lambda t: t[2])
 
 
-def _quiet() -> bool:
-    return not sys.stderr.isatty()
-
-
 def _order(group: Any, scores: np.ndarray) -> np.ndarray:
     free = np.nonzero(~group.pinned)[0]
     return free[np.argsort(scores[free], kind="stable")]
@@ -87,12 +83,10 @@ def latency_terms(coupling: Coupling, hardware: Hardware, round_to: int, table: 
     """One term per prunable conv/linear: its measured latency at the kept widths, scaled so the dense
     layers sum to the measured dense model (the rest of the model, norms and activations, is assumed
     to shrink with the layers it sits between). Returns (terms, constant 0)."""
-    from tqdm.auto import tqdm
-
     weights = {use.tensor for use in coupling.uses}
     specs = layer_specs(coupling.gm, weights)
     surfaces = [(spec, LayerLatency.measure(spec, table, round_to))
-                for spec in tqdm(specs, desc="latency table", unit="layer", disable=_quiet(), leave=False)]
+                for spec in tqdm(specs, desc="latency table", unit="layer", disable=None, leave=False)]  # None: shown on a terminal only
     table.save()
     dense_layers = sum(s(spec.in_channels, spec.out_channels) for spec, s in surfaces)
     scale = dense_seconds / dense_layers if dense_layers > 0 else 1.0
@@ -178,10 +172,8 @@ def plan_with_budget(
     tried: list[tuple[Plan, float, float]] = []  # (plan, predicted, measured)
     chosen_on: dict[int, float] = {}  # a latency plan's first timing, where a second one was made
     rounds = _ROUNDS if budget.kind != "latency" else _LATENCY_ROUNDS
-    from tqdm.auto import tqdm
-
     # Counting is instant; timing (and compiling) each candidate is what a user waits for.
-    bar = tqdm(total=rounds, desc=f"{budget.kind} rounds", disable=budget.kind != "latency" or _quiet(), leave=False)
+    bar = tqdm(total=rounds, desc=f"{budget.kind} rounds", disable=True if budget.kind != "latency" else None, leave=False)
     for round_ in range(rounds):
         removed, predicted = greedy_decisions(scopes_, scores, order, cost, predicted_target, cost_weight=tradeoff,
                                               weights=weights)

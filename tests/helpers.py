@@ -37,7 +37,6 @@ def randomise(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-
 class _StandIn:
     """A whole model's stand-in timing, recognised by the patched ``Hardware.seconds``."""
 

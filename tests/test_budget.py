@@ -11,6 +11,7 @@ import torchvision
 import graphprune
 from graphprune.errors import InputError, PlanError
 from graphprune.latency_table import Hardware, LatencyTable
+
 from .helpers import time_models_by
 
 MODELS = {
