@@ -61,14 +61,6 @@ def _budget(ratio: float | None, macs: float | None, params: float | None, laten
                   max_ratio=max_ratio, round_to=round_to)
 
 
-def _hardware(device: str, dtype: str, batch_size: int | None, runtime: str) -> Hardware:
-    if batch_size is not None:
-        check_positive(batch_size, "batch_size", integer=True)
-    # Half-precision convs run on tensor cores in NHWC; a deployment on CUDA would use that layout.
-    channels_last = device.startswith("cuda") and dtype in ("float16", "bfloat16")
-    return Hardware(device=device, dtype=dtype, batch_size=batch_size, channels_last=channels_last, runtime=runtime)
-
-
 def plan(
     model: nn.Module,
     ratio: float | None = None,
@@ -129,7 +121,7 @@ def plan(
         result = make_plan(coupling, budget.ratio, scorer, importance_name=name, model=model,
                            example_args=coupling.example_args, leaf_modules=coupling.leaf_modules)
     else:
-        hw = hardware or _hardware(str(device), str(dtype).removeprefix("torch."), batch_size, runtime)
+        hw = hardware or Hardware.deployed(device, dtype, batch_size=batch_size, runtime=runtime)
         result = plan_with_budget(model, coupling, scorer, budget, importance_name=name, hardware=hw, rules=rules)
     if result.inexact:
         warnings.warn(

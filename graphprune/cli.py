@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="batch size --latency is measured at (default: that of --input-shape)")
     shrink.add_argument("--runtime", default="eager", choices=RUNTIMES,
                         help="the runtime --latency is measured in, as the model will be deployed (default: eager)")
+    shrink.add_argument("--threads", type=int, default=1,
+                        help="CPU threads --latency is measured with, as the model will be deployed (default: 1)")
     shrink.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto",
                         help="keep every width a multiple of N, or 'auto' for --device and --dtype")
     shrink.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="directory to write the model to")
@@ -164,6 +166,7 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
 
     from . import api
     from .provenance import plans_of
+    from .latency_table import Hardware
     from .serialize import read_manifest, save
     from .stats import count_macs, count_params
 
@@ -183,7 +186,8 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
     if args.round_to is not None:
         budget["round_to"] = args.round_to
     if args.latency is not None:
-        budget.update(device=args.device, dtype=args.dtype, batch_size=args.batch_size, runtime=args.runtime)
+        budget["hardware"] = Hardware.deployed(args.device, args.dtype, batch_size=args.batch_size,
+                                               runtime=args.runtime, num_threads=args.threads)
     plan = api.plan(model, **budget, example_inputs=x, importance=args.importance)
     steps.update()
     steps.set_postfix_str("rewrite")

@@ -30,6 +30,7 @@ import torch
 import torch.utils.benchmark as benchmark
 from torch import nn
 
+from .arguments import check_positive
 from .runtimes import check_runtime, runner
 
 __all__ = ["Hardware", "LatencyTable", "LayerSpec", "LayerLatency", "layer_specs", "width_grid", "default_cache_path",
@@ -96,6 +97,23 @@ class Hardware:
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime, self.device)
+
+    @classmethod
+    def deployed(cls, device: str = "cpu", dtype: str = "float32", *, batch_size: int | None = None,
+                 runtime: str = "eager", num_threads: int = 1) -> Hardware:
+        """The measurement a deployment on ``device`` in ``dtype`` implies: channels-last for fp16/bf16 on
+        CUDA (their convs run on tensor cores in NHWC), the rest as given. ``plan(..., device=...)`` uses it.
+
+        >>> Hardware.deployed("cuda", "bfloat16", batch_size=128).channels_last
+        True
+        """
+        dtype = str(dtype).removeprefix("torch.")
+        if batch_size is not None:
+            check_positive(batch_size, "batch_size", integer=True)
+        check_positive(num_threads, "num_threads", integer=True)
+        channels_last = str(device).startswith("cuda") and dtype in ("float16", "bfloat16")
+        return cls(device=str(device), dtype=dtype, batch_size=batch_size, channels_last=channels_last,
+                   runtime=runtime, num_threads=num_threads)
 
     @property
     def torch_dtype(self) -> torch.dtype:

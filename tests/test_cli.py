@@ -106,12 +106,13 @@ def test_params_and_latency_budgets(tmp_path, monkeypatch):
     # not depend on the machine's load; the per-layer table is still measured, at the batch asked for.
     dense_macs = graphprune.count_macs(OldVGG(), x)
     time_models_by(monkeypatch, lambda hw, m, args: graphprune.count_macs(m, x) / dense_macs)
-    assert main(["shrink", "tests.models:OldVGG", "--latency", "0.6", "--batch-size", "4", "--input-shape", "1,3,16,16",
-                 "-o", str(tmp_path / "l")]) == 0
+    assert main(["shrink", "tests.models:OldVGG", "--latency", "0.6", "--batch-size", "4", "--threads", "2",
+                 "--input-shape", "1,3,16,16", "-o", str(tmp_path / "l")]) == 0
     record = graphprune.plans_of(graphprune.load(tmp_path / "l"))[-1].budget
     assert record["kind"] == "latency" and record["latency"] == 0.6 and record["actual"] <= record["dense"]
     keys = json.loads((tmp_path / "cache" / "latency.json").read_text())
-    assert keys and all("|batch=4" in k for k in keys)  # timed at the batch asked for, not the example's
+    assert keys and all("|threads=2|batch=4" in k for k in keys)  # at the threads and batch asked for
+    assert record["hardware"].startswith("cpu|float32|threads=2|batch=4")
     assert record["runtime"] == "eager"
     assert main(["shrink", "tests.models:OldVGG", "--latency", "0.6", "--runtime", "cudagraphs", "--input-shape",
                  "1,3,16,16", "-o", str(tmp_path / "g")]) == 2  # CUDA graphs on the CPU: refused before any timing
