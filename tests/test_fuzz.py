@@ -3,8 +3,8 @@
 For every network from :func:`tests.strategies.net_specs` and a random ratio,
 ``plan`` + ``apply`` (what ``shrink`` does) either
 
-- succeeds, and the shrunk model matches the masked original to 1e-4 on two
-  inputs (the example input and a fresh batch of another size), or
+- succeeds, and the shrunk model matches the masked original to 1e-9 in float64 on
+  two inputs (the example input and a fresh batch of another size), or
 - raises a :class:`graphprune.GraphPruneError` whose message names the FX node.
 
 Either way the original's parameters and buffers are bit-identical and its
@@ -19,6 +19,7 @@ and replayed first by every later run, from any clone.
 from __future__ import annotations
 
 import collections
+import copy
 import os
 from pathlib import Path
 
@@ -54,6 +55,14 @@ REGRESSIONS = [
     (NetSpec((3, 8, 8), (_CONV_3_6, Step("shuffle", (1,), (("groups", 2), ("shape", (6, 8, 8)))),
                          Step("flatten", (2,), (("form", "function"), ("features", 384))),
                          Step("linear", (3,), (("fin", 384), ("fout", 4), ("bias", True)))), (4,)), 0.5),
+    # An output that is all GELU tail: float32 rounding differed by 6e-4 between widths (hence float64 checks).
+    (NetSpec((1, 8, 8), (Step("shift", (0,), (("c", 1),)),
+                         Step("flatten", (1,), (("form", "module"), ("features", 64))),
+                         Step("flinear", (2,), (("fin", 64), ("fout", 3))),
+                         Step("flinear", (3,), (("fin", 3), ("fout", 6))),
+                         Step("act", (3,), (("kind", "gelu"), ("form", "module"))),
+                         Step("flinear", (5,), (("fin", 3), ("fout", 1))),
+                         Step("linear", (6,), (("fin", 1), ("fout", 1), ("bias", False)))), (7,), seed=121), 0.5),
 ]
 
 
@@ -70,8 +79,12 @@ def check_network(spec: NetSpec, ratio: float) -> str:
         assert "FX node:" in str(exc), f"{type(exc).__name__} does not name the FX node:\n{exc}"
         outcome = type(exc).__name__
     else:
-        assert graphprune.verify(model, plan, shrunk, x) <= 1e-4
-        assert graphprune.verify(model, plan, shrunk, spec.example_input(batch=3)) <= 1e-4
+        # Exactness is judged in float64. In float32 a kernel's own rounding can differ between widths by far more
+        # than round-off: F.gelu's negative tail cancels in 1 + erf(x), and its vectorised and scalar paths gave
+        # outputs 6e-4 apart (relative) for one network whose whole output came from that tail.
+        model64, shrunk64 = copy.deepcopy(model).double(), shrunk.double()
+        assert graphprune.verify(model64, plan, shrunk64, x.double()) <= 1e-9
+        assert graphprune.verify(model64, plan, shrunk64, spec.example_input(batch=3).double()) <= 1e-9
         assert graphprune.count_params(shrunk) <= graphprune.count_params(model)
         outcome = "shrunk"
     assert fingerprint(model) == before, "the original model was modified"
