@@ -26,6 +26,7 @@ _EPILOG_SHRINK = """examples:
   graphprune shrink resnet50-half/ --ratio 0.2 -o resnet50-smaller/     (shrink a shrunk model again)
   graphprune shrink torchvision:resnet50 --latency 0.5 --device cuda --dtype bfloat16 --batch-size 128 -o r50-fast/
   graphprune shrink torchvision:resnet50 --latency 0.5 --device cuda --dtype bfloat16 --runtime cudagraphs -o r50-graphs/
+  graphprune shrink torchvision:resnet50 --latency 0.6 --threads 8 -o r50-cpu8/     (for an 8-thread CPU server)
 
 Load the result in Python with graphprune.load("resnet50-half/")."""
 
