@@ -352,3 +352,121 @@ def test_normalize_over_channels_pins_them():
     groups = {g.sources[-1]: g for g in coupling.groups}
     assert groups["conv"].pinned.all()
     assert not groups["other"].pinned.any()  # normalised over a spatial dim: channels pass through
+
+
+# -- ops that timm's models use: padding, stacking, norms, addcmul, roll ----------------------------------------------
+
+
+class Padded(nn.Module):
+    """TF-style 'same' padding (F.pad with a value) and a padding module between convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.pad = nn.ReflectionPad2d(1)
+        self.mid = nn.Conv2d(8, 8, 3)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = F.pad(torch.relu(self.conv(x)), (1, 2, 0, 1), value=0.5)
+        return self.head(torch.sigmoid(self.mid(self.pad(y))))
+
+
+def test_padding_passes_channels_exactly():
+    plan, shrunk = _shrink_and_verify(Padded(), torch.randn(2, 3, 9, 9))
+    assert shrunk.conv.out_channels == 4 and shrunk.mid.out_channels == 4
+
+
+def test_padding_a_channel_dim_is_refused_by_name():
+    class PadChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            return F.pad(self.conv(x), (0, 0, 0, 0, 1, 1))
+
+    with pytest.raises(graphprune.UnsupportedOpError, match="FX node: %pad") as info:
+        graphprune.plan(PadChannels(), 0.5, example_inputs=torch.randn(1, 3, 4, 4))
+    assert "channel dim 1 from 8 to 10" in str(info.value)
+
+
+class SelectiveKernel(nn.Module):
+    """SKNet's fusion: branches stacked on a new dim, summed over it, and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 1)
+        self.a = nn.Conv2d(6, 8, 3, padding=1)
+        self.b = nn.Conv2d(6, 8, 3, padding=2, dilation=2)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        stacked = torch.stack([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1)  # (N, 2, C, H, W)
+        return self.head(stacked.sum(1)), torch.stack([x, x], dim=-1).mean(-1)
+
+
+def test_stacked_branches_share_their_channels():
+    plan, shrunk = _shrink_and_verify(SelectiveKernel(), torch.randn(2, 3, 6, 6))
+    assert _group_with_sources(plan, "a", "b").removed  # stacked index by index: one group
+    assert shrunk.a.out_channels == shrunk.b.out_channels == 4
+    assert shrunk.stem.out_channels == 6  # a model output: its channels stay
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2's GRN (an L2 norm over space divided by its mean over channels, applied with addcmul),
+    next to a plain spatial norm used as a gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.grn_conv = nn.Conv2d(3, 8, 1)
+        self.gamma = nn.Parameter(torch.rand(1, 8, 1, 1))
+        self.beta = nn.Parameter(torch.rand(1, 8, 1, 1))
+        self.gate_conv = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        g = self.grn_conv(x)
+        gx = g.norm(p=2, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        g = torch.addcmul(self.beta, self.gamma, g * nx) + g
+        h = self.gate_conv(x)
+        h = h * torch.linalg.vector_norm(h, dim=(2, 3), keepdim=True) / torch.norm(h, 2, (2, 3), True).clamp_min(1)
+        return self.head(torch.cat([g, h], 1))
+
+
+def test_norms_over_space_pass_channels_and_over_channels_pin_them():
+    model = GlobalResponseNorm()
+    coupling = graphprune.analyze(model, example_inputs=torch.randn(1, 3, 5, 5))
+    groups = {g.sources[0]: g for g in coupling.groups}
+    assert groups["grn_conv"].pinned.all()  # GRN divides by a mean over channels
+    assert not groups["gate_conv"].pinned.any()
+    assert {"gamma", "beta"} <= {m.use.tensor for m in groups["grn_conv"].members}  # joined through addcmul
+    plan, shrunk = _shrink_and_verify(model, torch.randn(2, 3, 5, 5))
+    assert shrunk.gate_conv.out_channels == 4 and shrunk.grn_conv.out_channels == 8
+
+
+class Rolled(nn.Module):
+    """Swin's cyclic shift over the spatial dims of a channels-last tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(3, 8)
+        self.fc2 = nn.Linear(8, 4)
+
+    def forward(self, x):  # (N, H, W, C)
+        return self.fc2(torch.roll(torch.relu(self.fc1(x)), shifts=(-1, 2), dims=(1, 2)).roll(1, 1))
+
+
+def test_roll_over_space_passes_channels_and_along_channels_is_refused():
+    plan, shrunk = _shrink_and_verify(Rolled(), torch.randn(2, 4, 4, 3))
+    assert shrunk.fc1.out_features == 4
+
+    class RollChannels(Rolled):
+        def forward(self, x):
+            return self.fc2(torch.roll(self.fc1(x), 1, -1))
+
+    with pytest.raises(graphprune.UnsupportedOpError, match="FX node: %roll") as info:
+        graphprune.plan(RollChannels(), 0.5, example_inputs=torch.randn(2, 4, 4, 3))
+    assert "moves them to other indices" in str(info.value)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
-from ._common import input_arg, pass_through
+from ._common import arg, input_arg, pass_through
 
 __all__ = ["RULES", "broadcast_join"]
 
@@ -92,6 +92,24 @@ def interpolate(ctx, node):
     return pass_through(ctx, node)
 
 
+_PAD_MODULES = (
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+    nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d,
+)
+
+
+@RULES.module(*_PAD_MODULES)
+@RULES.function(F.pad)
+def pad(ctx, node):
+    """Pads (or crops) trailing dims, each channel on its own: channels on dims it leaves the same size pass through.
+
+    Padding a dim that carries channels would add channels of its own, so it is refused. What the padding puts
+    around a removed channel never reaches a kept one: the consumers' slices for it go too.
+    """
+    return pass_through(ctx, node)
+
+
 def broadcast_join(ctx, node, operands) -> ChannelMap | None:
     """Element-wise ops over broadcast operands: tracked dims that meet are joined index by index.
 
@@ -153,3 +171,32 @@ def binary(ctx, node):
     """Element-wise arithmetic: every operand's channels are joined (a residual add, an SE multiply)."""
     operands = [node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
     return broadcast_join(ctx, node, operands)
+
+
+@RULES.function(torch.addcmul)
+@RULES.method("addcmul")
+def addcmul(ctx, node):
+    """``input + value * tensor1 * tensor2``, element-wise over broadcast operands: their channels are joined."""
+    operands = [input_arg(node), arg(node, 1, "tensor1"), arg(node, 2, "tensor2")]
+    return broadcast_join(ctx, node, operands)
+
+
+@RULES.function(torch.roll)
+@RULES.method("roll")
+def roll(ctx, node):
+    """Shifts elements cyclically along ``dims`` (Swin's shifted windows): channels on other dims pass through.
+
+    Rolling a dim that carries channels would move channels to other indices, and with no ``dims`` the
+    tensor is rolled flattened; both are refused.
+    """
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = ctx.channels(x)
+    dims = arg(node, 2, "dims")
+    if cmap and shape is not None:
+        if dims is None:
+            raise LayoutError("torch.roll without dims rolls the flattened tensor, moving channels")
+        rolled = {int(d) % len(shape) for d in (dims if isinstance(dims, (tuple, list)) else [dims])}
+        if rolled & set(cmap.normalized(len(shape)).dims):
+            raise LayoutError("torch.roll along a dim that carries channels moves them to other indices")
+    return pass_through(ctx, node)

@@ -24,11 +24,26 @@ RULES = Registry()
 @RULES.method("mean", "sum", "amax", "amin")
 def reduction(ctx, node):
     """Reduces over the given dims: channels on other dims pass through; reduced channels are pinned."""
+    return _reduce(ctx, node, arg(node, 1, "dim"), bool(arg(node, 2, "keepdim", False)))
+
+
+@RULES.function(torch.norm)
+@RULES.method("norm")
+def norm(ctx, node):
+    """``x.norm(p, dim, keepdim)``: a reduction over ``dim`` (every dim when it is None)."""
+    return _reduce(ctx, node, arg(node, 2, "dim"), bool(arg(node, 3, "keepdim", False)))
+
+
+@RULES.function(torch.linalg.vector_norm)
+def vector_norm(ctx, node):
+    """``torch.linalg.vector_norm(x, ord, dim, keepdim)``: a reduction over ``dim`` (every dim when it is None)."""
+    return _reduce(ctx, node, arg(node, 2, "dim"), bool(arg(node, 3, "keepdim", False)))
+
+
+def _reduce(ctx, node, dims, keepdim: bool) -> ChannelMap:
     x = input_arg(node)
     shape = ctx.shape(x)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
-    dims = arg(node, 1, "dim")
-    keepdim = bool(arg(node, 2, "keepdim", False))
     ndim = len(shape)
     if dims is None or dims == []:
         reduced = set(range(ndim))

@@ -314,6 +314,20 @@ def cat(ctx, node):
     return joined.with_block(Block((dim,), np.concatenate(pieces)))
 
 
+@RULES.function(torch.stack)
+def stack(ctx, node):
+    """Stacking same-shaped tensors along a new dim: their channels meet index by index and are joined (as in an
+    add), an input whose dim is untracked pins the others' channels there, and dims from the new one on shift by one."""
+    tensors = list(arg(node, 0, "tensors"))
+    ndim = len(ctx.shape(node)) - 1
+    dim = int(arg(node, 1, "dim", 0)) % (ndim + 1)
+    maps = [(ctx.channels(t) or ChannelMap()).normalized(ndim) for t in tensors]
+    if not any(maps):
+        return ChannelMap()
+    joined = _join_same_dims(ctx, maps, [ctx.shape(t) for t in tensors])
+    return ChannelMap(tuple(Block(tuple(d + (d >= dim) for d in block.dims), block.atoms) for block in joined.blocks))
+
+
 def _join_same_dims(ctx, maps: list[ChannelMap], shapes) -> ChannelMap:
     """Inputs of the same shape that meet dim by dim (outside the concatenated dim)."""
     result: dict[tuple, Block] = {}
