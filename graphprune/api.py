@@ -98,7 +98,7 @@ def plan(
     :class:`~graphprune.budget.Budget` may be given whole as ``budget`` instead of ``ratio`` and the
     budget keywords; it also holds the planner's ``tradeoff`` between importance and savings.
 
-    The model's inputs and output shapes never change; every group keeps at least one channel.
+    The model's inputs and output shapes never change; every group and every layer keeps at least one channel.
     ``ignore`` lists modules (names or objects) whose tensors keep their shape.
     Channels normalised together by a LayerNorm can be removed, but not exactly (the
     statistics change): ``plan.inexact`` says why, and ``exact_only=True`` keeps such groups whole.

@@ -164,8 +164,9 @@ class GroupScope:
     fixed_ratio: float | None
 
 
-def scopes(coupling: Coupling, budget: Budget, round_to: int) -> list[GroupScope]:
-    """Per prunable group, the kept counts allowed by pins, ``max_ratio``, ``round_to`` and overrides."""
+def scopes(coupling: Coupling, budget: Budget, round_to: int, orders: Mapping[int, np.ndarray]) -> list[GroupScope]:
+    """Per prunable group, the kept counts allowed by pins, ``max_ratio``, ``round_to`` and overrides.
+    ``orders`` holds each group's removal order (:meth:`ChannelGroup.removal_order`), which bounds how many may go."""
     out = []
     for group in coupling.groups:
         if not group.prunable:
@@ -173,7 +174,7 @@ def scopes(coupling: Coupling, budget: Budget, round_to: int) -> list[GroupScope
         names = group_modules(group, coupling)
         fixed = next((r for pattern, r in dict(budget.overrides).items()
                       if any(fnmatch.fnmatchcase(n, pattern) for n in names)), None)
-        max_remove = min(group.num_prunable, group.size - 1)
+        max_remove = min(len(orders[group.id]), group.size - 1)
         if budget.max_ratio is not None:
             max_remove = min(max_remove, math.floor(budget.max_ratio * group.size + 1e-9))
         choices = allowed_kept(group.size, min_kept=group.size - max_remove, round_to=round_to)

@@ -103,6 +103,26 @@ class ChannelGroup:
     def num_prunable(self) -> int:
         return int((~self.pinned).sum()) if self.prunable else 0
 
+    def removal_order(self, scores: np.ndarray) -> np.ndarray:
+        """The channels a plan may remove, least important first (ties to the lower index).
+
+        Pinned channels are left out, and so is the most important channel of every tensor slice that has
+        no pinned channel: a tensor may index only part of a group (a depthwise conv on one piece of a
+        split, as in MambaOut), and removing all of that part would leave it with no channels at all.
+        """
+        if not self.prunable:
+            return np.zeros(0, dtype=np.int64)
+        free = np.nonzero(~self.pinned)[0]
+        ranked = free[np.argsort(scores[free], kind="stable")]
+        rank = np.full(self.size, -1, dtype=np.int64)
+        rank[ranked] = np.arange(len(ranked))
+        kept = set()
+        for member in self.members:
+            channels = np.unique(member.channels)
+            if not self.pinned[channels].any():
+                kept.add(int(channels[np.argmax(rank[channels])]))
+        return ranked[~np.isin(ranked, sorted(kept))]
+
 
 @dataclass
 class _Space:

@@ -208,10 +208,8 @@ def _remove_count(group: ChannelGroup, ratio: float) -> int:
 
 
 def choose(group: ChannelGroup, scores: np.ndarray, count: int) -> list[int]:
-    candidates = np.nonzero(~group.pinned)[0]
-    # Stable: ties go to the lower index, so a plan is deterministic.
-    ranked = candidates[np.argsort(scores[candidates], kind="stable")]
-    return sorted(int(c) for c in ranked[:count])
+    """The ``count`` least important channels the group may lose (fewer if it cannot lose that many)."""
+    return sorted(int(c) for c in group.removal_order(scores)[:count])
 
 
 def _input_spec(value: Any) -> InputSpec | None:

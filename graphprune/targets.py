@@ -58,11 +58,6 @@ def _choose(tried: list[tuple[Plan, float, float]], wanted: float, tolerance: fl
     return max(under, key=lambda t: t[2]) if under else min(tried, key=lambda t: t[2])
 
 
-def _order(group: Any, scores: np.ndarray) -> np.ndarray:
-    free = np.nonzero(~group.pinned)[0]
-    return free[np.argsort(scores[free], kind="stable")]
-
-
 def _decisions(scopes_: list[GroupScope], removed: dict[int, int], order: dict[int, np.ndarray],
                scores: dict[int, np.ndarray]) -> dict[int, tuple[list[int], np.ndarray]]:
     by_id = {s.group.id for s in scopes_}
@@ -115,8 +110,10 @@ def plan_with_budget(
     # Off-grid widths can run slower than wider aligned ones, so a latency budget rounds by default.
     round_to = resolve_round_to("auto" if budget.kind == "latency" and budget.round_to is None else budget.round_to,
                                 hw.device, hw.dtype)
-    scopes_ = scopes(coupling, budget, round_to)
     tensors = {use.tensor: coupling.ctx.tensor(use.tensor) for use in coupling.uses}
+    scores = {g.id: score_group(scorer, g, tensors) for g in coupling.groups if g.prunable}
+    order = {g.id: g.removal_order(scores[g.id]) for g in coupling.groups if g.prunable}
+    scopes_ = scopes(coupling, budget, round_to, order)
     record: dict[str, Any] = {**budget.to_dict(), "kind": budget.kind, "round_to_resolved": round_to}
     build: Callable[[dict[int, tuple[list[int], np.ndarray]], dict[str, Any]], Plan] = lambda decisions, rec: make_plan(
         coupling, budget.ratio or 0.0, scorer, importance_name=importance_name, model=model,
@@ -124,12 +121,8 @@ def plan_with_budget(
 
     if budget.kind == "ratio":
         removed = uniform_decisions(scopes_, budget.ratio)
-        scores = {gid: score_group(scorer, next(s.group for s in scopes_ if s.group.id == gid), tensors) for gid in removed}
-        order = {gid: _order(next(s.group for s in scopes_ if s.group.id == gid), sc) for gid, sc in scores.items()}
         return build(_decisions(scopes_, removed, order, scores), record)
 
-    scores = {s.group.id: score_group(scorer, s.group, tensors) for s in scopes_}
-    order = {s.group.id: _order(s.group, scores[s.group.id]) for s in scopes_}
     args = coupling.example_args
     if budget.kind == "params":
         terms, constant, dense = param_terms(coupling)

@@ -302,14 +302,15 @@ class Chain(torch.nn.Module):
 def _knapsack_setup(scores_of=None):
     from graphprune.budget import Budget, scopes
     from graphprune.costs import CostModel, mac_terms
-    from graphprune.targets import _order, group_weights
+    from graphprune.targets import group_weights
 
     torch.manual_seed(0)
     model, x = Chain().eval(), torch.randn(1, 3, 32, 32)
     coupling = graphprune.analyze(model, example_inputs=x)
-    scopes_ = scopes(coupling, Budget(macs=0.5), 1)
-    scores = {s.group.id: (scores_of or (lambda g: np.ones(g.size)))(s.group) for s in scopes_}
-    order = {s.group.id: _order(s.group, scores[s.group.id]) for s in scopes_}
+    prunable = [g for g in coupling.groups if g.prunable]
+    scores = {g.id: (scores_of or (lambda g: np.ones(g.size)))(g) for g in prunable}
+    order = {g.id: g.removal_order(scores[g.id]) for g in prunable}
+    scopes_ = scopes(coupling, Budget(macs=0.5), 1, order)
     terms, constant, dense = mac_terms(coupling, model, (x,))
     weights = group_weights(CostModel(coupling, order, terms, constant), list(order))
     return coupling, scopes_, scores, order, terms, constant, dense, weights

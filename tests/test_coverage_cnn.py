@@ -470,3 +470,33 @@ def test_roll_over_space_passes_channels_and_along_channels_is_refused():
     with pytest.raises(graphprune.UnsupportedOpError, match="FX node: %roll") as info:
         graphprune.plan(RollChannels(), 0.5, example_inputs=torch.randn(2, 4, 4, 3))
     assert "moves them to other indices" in str(info.value)
+
+
+class GatedSplit(nn.Module):
+    """MambaOut's gated CNN block: one projection split three ways, a depthwise conv on the last piece only."""
+
+    def __init__(self, dim=4, hidden=6, conv=2):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.split = (hidden, hidden - conv, conv)
+        self.conv = nn.Conv2d(conv, conv, 3, padding=1, groups=conv)
+        self.fc2 = nn.Linear(hidden, dim)
+        with torch.no_grad():  # the conv's channels are the least important of their group
+            self.fc1.weight[-conv:].mul_(1e-3)
+            self.fc1.weight[hidden - conv:hidden].mul_(1e-3)
+            self.conv.weight.mul_(1e-3)
+
+    def forward(self, x):  # (N, H, W, C)
+        g, i, c = torch.split(self.fc1(x), self.split, dim=-1)
+        c = self.conv(c.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.fc2(F.gelu(g) * torch.cat((i, c), dim=-1)) + x
+
+
+@pytest.mark.parametrize("budget", [{"ratio": 0.5}, {"ratio": 0.5, "round_to": 1}, {"macs": 0.5}])
+def test_a_tensor_that_indexes_part_of_a_group_keeps_a_channel(budget):
+    model, x = GatedSplit().eval(), torch.randn(2, 5, 5, 4)
+    plan = graphprune.plan(model, example_inputs=x, **budget)
+    shrunk = graphprune.apply(model, plan)
+    assert graphprune.verify(model, plan, shrunk, x) <= 1e-5
+    assert shrunk.conv.out_channels == 1  # its most important channel stays, the other goes
+    assert shrunk.fc2.in_features < 6
