@@ -1,4 +1,5 @@
-"""Shrink every torchvision classification, segmentation and video model at one ratio, and tabulate the result.
+"""Shrink every torchvision classification, segmentation and video model (or a curated list of timm models) at one
+ratio, and tabulate the result.
 
 Each model runs in its own subprocess (one thread, a time limit and a memory cap), so one
 model's failure or hang becomes a row, never a crash. Finished rows are appended to a JSON-lines
@@ -7,6 +8,10 @@ file as they complete: a rerun skips them (pass ``--force`` to redo), so the swe
     python benchmarks/zoo.py                          # all 95 models -> docs/zoo.md, docs/zoo.csv
     python benchmarks/zoo.py resnet18 mobilenet_v2    # some models
     python benchmarks/zoo.py --family classification --timeout 600
+    python benchmarks/zoo.py --family timm            # 70 timm models -> docs/zoo_timm.md, docs/zoo_timm.csv
+
+A model graphprune refuses (an op whose channel semantics it does not know, a forward torch.fx cannot
+trace) is a "refused" row with the error's first line; "error" is anything else.
 
 Columns: prunable groups found; parameters and MACs before and after; the masked-vs-shrunk
 relative difference (``graphprune.verify``), or "not exact" with the reasons the plan gives
@@ -33,7 +38,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("classification", "segmentation", "video")
+FAMILIES = ("classification", "segmentation", "video")  # torchvision's
+# One or two small members of each timm family: CNNs, hybrids, MLPs and transformers.
+TIMM_MODELS = (
+    "resnet18d resnet26t seresnet18 ecaresnet26t resnext26ts cspresnet50 cspdarknet53 dla34 dpn68 ghostnet_100 "
+    "hrnet_w18_small mixnet_s mobilenetv3_large_100 efficientnet_b0 tf_efficientnet_b0 rexnet_100 repvgg_a0 "
+    "regnety_002 convnext_atto convnextv2_atto levit_128s vit_tiny_patch16_224 deit_tiny_patch16_224 "
+    "swin_tiny_patch4_window7_224 mobilevit_xxs efficientvit_b0 fastvit_t8 edgenext_xx_small res2net50_14w_8s "
+    "selecsls42b densenet121 vgg11_bn inception_v3 xception41 nfnet_l0 tresnet_m gernet_s lcnet_050 tinynet_a "
+    "mnasnet_small hardcorenas_a resnest14d skresnet18 poolformer_s12 mobileone_s0 ghostnetv2_100 "
+    "mobilenetv4_conv_small darknet17 fbnetc_100 resnetv2_50 bat_resnext26ts gcresnet33ts sebotnet33ts_256 "
+    "eca_nfnet_l0 regnetz_005 efficientformer_l1 coat_lite_tiny pvt_v2_b0 convmixer_768_32 mixer_b16_224 "
+    "resmlp_12_224 inception_next_atto repghostnet_050 hgnetv2_b0 dm_nfnet_f0 vovnet39a ese_vovnet19b_dw "
+    "rdnet_tiny starnet_s1 mambaout_femto"
+).split()
 COLUMNS = [
     "model", "family", "status", "input", "groups", "params_before", "params_after", "macs_before", "macs_after",
     "equivalence", "shrink_s", "jit_trace", "export", "fx", "error",
@@ -41,6 +59,8 @@ COLUMNS = [
 
 
 def model_names(family: str) -> list[str]:
+    if family == "timm":
+        return list(TIMM_MODELS)
     import torchvision.models as M
 
     module = {"classification": M, "segmentation": M.segmentation, "video": M.video}[family]
@@ -49,6 +69,13 @@ def model_names(family: str) -> list[str]:
 
 def example_shape(name: str, family: str) -> tuple[int, ...]:
     """The smallest convenient input each model accepts."""
+    if family == "timm":  # 64x64 where the model takes any size, else the size it was defined for
+        import timm
+
+        cfg = timm.get_pretrained_cfg(name)
+        if cfg.fixed_input_size or name == "inception_v3":  # needs 75x75 or more
+            return (1, *cfg.input_size)
+        return (1, 3, 64, 64)
     if family == "video":
         if name == "s3d" or name.startswith("mvit"):
             return (1, 3, 16, 224, 224)  # s3d's final pooling is 2x7x7; MViT has fixed positional embeddings
@@ -61,6 +88,10 @@ def example_shape(name: str, family: str) -> tuple[int, ...]:
 
 
 def build(name: str, family: str):
+    if family == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False).eval()
     import torchvision
 
     kwargs = {"weights": None}
@@ -103,6 +134,11 @@ def run_one(name: str, family: str, ratio: float) -> dict:
     shape = example_shape(name, family)
     row = {"model": name, "family": family, "input": "x".join(map(str, shape)), "status": "error"}
     model = build(name, family)
+    if family == "timm" and not _accepts(model, shape):  # e.g. blocked attention needs its block size to divide
+        import timm
+
+        shape = (1, *timm.get_pretrained_cfg(name).input_size)
+        row["input"] = "x".join(map(str, shape))
     spread_norm_statistics(model)
     x = torch.randn(shape)
     row["params_before"] = graphprune.count_params(model)
@@ -128,14 +164,27 @@ def run_one(name: str, family: str, ratio: float) -> dict:
     return row
 
 
+def _accepts(model, shape: tuple[int, ...]) -> bool:
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(torch.randn(shape))
+        return True
+    except Exception:  # noqa: BLE001 - any refusal of the input size
+        return False
+
+
 def _child(name: str, family: str, ratio: float, mem_gb: float) -> None:
     limit = int(mem_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    from graphprune import GraphPruneError
+
     try:
         row = run_one(name, family, ratio)
     except BaseException as exc:  # noqa: BLE001 - the row records every failure
         message = str(exc).splitlines()[0] if str(exc) else ""
-        row = {"model": name, "family": family, "status": "error",
+        row = {"model": name, "family": family, "status": "refused" if isinstance(exc, GraphPruneError) else "error",
                "input": "x".join(map(str, example_shape(name, family))),
                "error": f"{type(exc).__name__}: {message}"[:300]}
     print("ROW " + json.dumps(row), flush=True)
@@ -163,18 +212,20 @@ def _cell(value) -> str:
     return str(value).replace("|", "/")
 
 
-def write_tables(rows: list[dict], md: Path, csv_path: Path, ratio: float) -> None:
+def write_tables(rows: list[dict], md: Path, csv_path: Path, ratio: float, command: str = "python benchmarks/zoo.py") -> None:
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({c: row.get(c, "") for c in COLUMNS})
     ok = sum(r["status"] == "ok" for r in rows)
+    refused = sum(r["status"] == "refused" for r in rows)
+    refusals = f", {refused} are refused by name (the error names the FX node or submodule and the source line)" if refused else ""
     lines = [
         f"# Model zoo at ratio {ratio}",
         "",
-        f"Generated by `python benchmarks/zoo.py` (random weights, one CPU thread). {ok} of {len(rows)} models shrink "
-        "and pass their check. *equivalence* is `graphprune.verify` (masked original vs shrunk model, max relative "
+        f"Generated by `{command}` (random weights, one CPU thread). {ok} of {len(rows)} models shrink "
+        f"and pass their check{refusals}. *equivalence* is `graphprune.verify` (masked original vs shrunk model, max relative "
         "difference; exact rewrites are at float round-off); \"not exact\" names the channel-mixing norms whose "
         "statistics change when channels go. *groups* counts the groups that lost channels.",
         "",
@@ -189,12 +240,13 @@ def write_tables(rows: list[dict], md: Path, csv_path: Path, ratio: float) -> No
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="model names (default: every model of the chosen families)")
-    parser.add_argument("--family", choices=FAMILIES, action="append", help="repeatable; default: all three")
+    parser.add_argument("--family", choices=(*FAMILIES, "timm"), action="append",
+                        help="repeatable; default: torchvision's three. timm runs on its own, into docs/zoo_timm.*")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
     parser.add_argument("--mem-gb", type=float, default=8.0, help="address-space cap per model subprocess")
-    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "zoo.jsonl", help="resumable row store")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "zoo", help="writes OUT.md and OUT.csv")
+    parser.add_argument("--results", type=Path, default=None, help="resumable row store (default docs/zoo.jsonl)")
+    parser.add_argument("--out", type=Path, default=None, help="writes OUT.md and OUT.csv (default docs/zoo)")
     parser.add_argument("--force", action="store_true", help="rerun models that already have a row")
     parser.add_argument("--render-only", action="store_true", help="write the tables from the stored rows, run nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -204,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     families = args.family or list(FAMILIES)
+    on_timm = "timm" in families
+    if on_timm and len(families) > 1:
+        parser.error("--family timm runs on its own (timm and torchvision share model names)")
+    stem = "zoo_timm" if on_timm else "zoo"
+    args.results = args.results or ROOT / "docs" / f"{stem}.jsonl"
+    args.out = args.out or ROOT / "docs" / stem
     todo = [(n, f) for f in families for n in model_names(f) if not args.models or n in args.models]
     unknown = set(args.models) - {n for n, _ in todo}
     if unknown:
@@ -222,9 +280,10 @@ def main(argv: list[str] | None = None) -> None:
         with args.results.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{name:36s} {row['status']:8s} {row.get('equivalence', '')} {row.get('error', '')}", flush=True)
-    order = {n: i for i, n in enumerate(n for f in FAMILIES for n in model_names(f))}
+    order = {n: i for i, n in enumerate(n for f in (["timm"] if on_timm else FAMILIES) for n in model_names(f))}
     rows = sorted(done.values(), key=lambda r: order.get(r["model"], len(order)))
-    write_tables(rows, args.out.with_suffix(".md"), args.out.with_suffix(".csv"), args.ratio)
+    write_tables(rows, args.out.with_suffix(".md"), args.out.with_suffix(".csv"), args.ratio,
+                 "python benchmarks/zoo.py --family timm" if on_timm else "python benchmarks/zoo.py")
 
 
 if __name__ == "__main__":

@@ -500,3 +500,66 @@ def test_a_tensor_that_indexes_part_of_a_group_keeps_a_channel(budget):
     assert graphprune.verify(model, plan, shrunk, x) <= 1e-5
     assert shrunk.conv.out_channels == 1  # its most important channel stays, the other goes
     assert shrunk.fc2.in_features < 6
+
+
+class SplitAttention(nn.Module):
+    """SKNet / ResNeSt fusion: attention logits for radix x C, viewed as (N, radix, C, 1, 1), weight the stacked
+    branches, which carry only C."""
+
+    def __init__(self, width=8, radix=2, outer=False):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 1)
+        self.branches = nn.ModuleList(nn.Conv2d(6, width, 3, padding=1 + i, dilation=1 + i) for i in range(radix))
+        self.reduce = nn.Conv2d(width, 4, 1)
+        self.attn = nn.Conv2d(4, radix * width, 1)
+        self.outer = outer
+        self.rows = nn.Conv2d(6, radix, 1)
+        self.cols = nn.Conv2d(6, width, 1)
+        self.head = nn.Conv2d(width, 5, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        stacked = torch.stack([torch.relu(b(x)) for b in self.branches], dim=1)
+        n, r = stacked.shape[:2]
+        logits = self.attn(torch.relu(self.reduce(stacked.sum(1).mean((2, 3), keepdim=True))))
+        if self.outer:  # radix and C each carry channels of their own here: no one channel map fits both
+            rows = self.rows(x).mean((2, 3)).view(n, -1, 1, 1, 1)
+            cols = self.cols(x).mean((2, 3)).view(n, 1, -1, 1, 1)
+            return logits.view(n, r, -1, 1, 1) * (rows * cols)
+        weights = torch.softmax(logits.view(n, r, -1, 1, 1), dim=1)
+        return self.head((stacked * weights).sum(1))
+
+
+def test_split_attention_removes_each_channel_from_every_radix_row():
+    plan, shrunk = _shrink_and_verify(SplitAttention(), torch.randn(2, 3, 6, 6))
+    assert shrunk.branches[0].out_channels == shrunk.branches[1].out_channels == 4
+    assert shrunk.attn.out_channels == 2 * 4  # the same channels gone from both radix rows
+    group = _group_with_sources(plan, "branches_0", "branches_1", "attn")
+    assert len(group.removed) == 4
+
+
+def test_a_block_meeting_two_blocks_over_its_dims_is_refused():
+    with pytest.raises(graphprune.UnsupportedOpError, match="differently shaped channel blocks"):
+        graphprune.plan(SplitAttention(outer=True), 0.5, example_inputs=torch.randn(2, 3, 6, 6))
+
+
+class RadixSum(nn.Module):
+    """ResNeSt's split: one conv's radix x C outputs viewed as (N, radix, C, H, W) and summed over radix."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2 * 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        n, _, h, w = y.shape
+        return self.head(y.view(n, 2, -1, h, w).sum(1))
+
+
+def test_a_reduction_over_part_of_a_block_removes_whole_slices():
+    plan, shrunk = _shrink_and_verify(RadixSum(), torch.randn(2, 3, 5, 5))
+    assert shrunk.conv.out_channels == 4 and shrunk.head.in_channels == 2
+    kept = plan.tensors["conv.weight"].keep[0]
+    columns = {k % 4 for k in kept}  # channel c of the sum is conv outputs c and 4 + c
+    assert len(columns) == 2 and kept == [k for k in range(8) if k % 4 in columns]

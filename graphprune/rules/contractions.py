@@ -26,7 +26,7 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
-from ._common import arg, fix_untracked, input_arg, pass_through, project_axes
+from ._common import arg, fix_untracked, input_arg, pass_through, project, project_axes
 
 __all__ = ["RULES", "contract"]
 
@@ -157,14 +157,24 @@ def scaled_dot_product_attention(ctx, node):
 @RULES.function(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)
 @RULES.method("softmax", "log_softmax")
 def softmax(ctx, node):
-    """Normalises along one dim: channels elsewhere pass; channels along it are pinned (each depends on all)."""
+    """Normalises along one dim: channels elsewhere pass; channels along it are pinned (each depends on all).
+
+    A multi-dim block (ResNeSt's radix x C attention logits, normalised over radix) loses whole slices across
+    the normalised dim instead: every kept slice keeps all its terms, so its normaliser is unchanged.
+    """
     x = input_arg(node)
     ndim = len(ctx.shape(x))
     dim = ctx.module(node).dim if node.op == "call_module" else arg(node, 1, "dim")
     if dim is None:
         raise LayoutError("softmax without an explicit dim")
+    dim = int(dim) % ndim
     cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
-    block = cmap.block_at(int(dim) % ndim)
-    if block is not None:
+    block = cmap.block_at(dim)
+    out = pass_through(ctx, node)
+    if block is None:
+        return out
+    if len(block.dims) == 1:
         ctx.pin(block.atoms, "softmax over channels")
-    return pass_through(ctx, node)
+        return out
+    projected = project(ctx, block, set(block.dims) - {dim})
+    return ChannelMap(tuple(projected if b.dims == block.dims else b for b in out.blocks))

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
-from ._common import arg, input_arg, pass_through
+from ._common import arg, input_arg, pass_through, project
 
 __all__ = ["RULES", "broadcast_join"]
 
@@ -131,10 +131,22 @@ def broadcast_join(ctx, node, operands) -> ChannelMap | None:
         padded = (1,) * offset + tuple(shape)
         blocks = [Block(tuple(d + offset for d in b.dims), b.atoms) for b in cmap.blocks]
         placed.append((padded, blocks))
+    all_keys = [frozenset(b.dims) for _, blocks in placed for b in blocks]
     result: dict[frozenset, Block] = {}
     for padded, blocks in placed:
         for block in blocks:
             key = frozenset(block.dims)
+            overlapping = [k for k in result if k & key and k != key]
+            if overlapping:
+                small, big = _nested(block, [result[k] for k in overlapping], all_keys)
+                if small is None:
+                    raise LayoutError("element-wise op over operands with differently shaped channel blocks")
+                # A block over more dims meets one over fewer that the other operands leave alone otherwise
+                # (SKNet and ResNeSt: attention logits viewed as radix x C scale stacked branches that carry C):
+                # the larger is removed in whole slices across its extra dims, each slice joined to a channel.
+                result.pop(frozenset(big.dims), None)
+                block, key = project(ctx, big, small.dims), frozenset(small.dims)
+                result.setdefault(key, small)
             if key in result:
                 other = result[key]
                 atoms = np.transpose(block.atoms, [block.dims.index(d) for d in other.dims])
@@ -144,8 +156,6 @@ def broadcast_join(ctx, node, operands) -> ChannelMap | None:
                 else:
                     ctx.join(other.atoms, atoms)
                 continue
-            if any(key & set(k) for k in result):
-                raise LayoutError("element-wise op over operands with differently shaped channel blocks")
             result[key] = block
     fixed: set[frozenset] = set()
     for padded, blocks in placed:
@@ -159,6 +169,22 @@ def broadcast_join(ctx, node, operands) -> ChannelMap | None:
     # Pinned channels never go, so the output need not carry them: later ops see a plain dim
     # (a positional embedding's token dim added to the tokens is not a channel dim downstream).
     return ChannelMap(tuple(block for key, block in result.items() if key not in fixed))
+
+
+def _nested(block: Block, others: list[Block], all_keys: list[frozenset]) -> tuple[Block | None, Block | None]:
+    """(smaller, larger) when ``block`` and the one block it overlaps are nested and the larger one's extra dims
+    are tracked by no other operand; (None, None) otherwise."""
+    if len(others) != 1:
+        return None, None
+    (other,) = others
+    mine, theirs = frozenset(block.dims), frozenset(other.dims)
+    if not (mine < theirs or theirs < mine):
+        return None, None
+    small, big = (block, other) if mine < theirs else (other, block)
+    extra = frozenset(big.dims) - frozenset(small.dims)
+    if any(k & extra and k != frozenset(big.dims) for k in all_keys):
+        return None, None
+    return small, big
 
 
 @RULES.function(

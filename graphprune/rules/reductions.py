@@ -3,7 +3,8 @@
 Reducing over untracked dims (spatial, batch) lets the channels through, renumbered
 when ``keepdim`` is False. Reducing over a channel dim mixes every channel into one
 value, which pruning would change (a mean over fewer channels), so those channels are
-pinned.
+pinned. A block over several dims reduced over some of them (radix x C summed over radix)
+loses whole slices across the reduced dims instead, which leaves every kept value whole.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from ..channels import Block, ChannelMap
 from ..registry import Registry
-from ._common import arg, input_arg
+from ._common import arg, input_arg, project
 
 __all__ = ["RULES"]
 
@@ -51,9 +52,13 @@ def _reduce(ctx, node, dims, keepdim: bool) -> ChannelMap:
         reduced = {int(d) % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])}
     blocks = []
     for block in cmap.blocks:
-        if set(block.dims) & reduced:
+        if set(block.dims) <= reduced:
             ctx.pin(block.atoms, "reduction over a channel dim")
             continue
+        if set(block.dims) & reduced:
+            # Part of a multi-dim block (stacked radix x C branches summed over radix): slices across the
+            # reduced dims go whole, so every kept output keeps all its terms.
+            block = project(ctx, block, set(block.dims) - reduced)
         dims_out = block.dims if keepdim else tuple(d - sum(r < d for r in reduced) for d in block.dims)
         blocks.append(Block(dims_out, block.atoms))
     return ChannelMap(tuple(blocks))
