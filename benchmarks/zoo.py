@@ -69,13 +69,11 @@ def model_names(family: str) -> list[str]:
 
 def example_shape(name: str, family: str) -> tuple[int, ...]:
     """The smallest convenient input each model accepts."""
-    if family == "timm":  # 64x64 where the model takes any size, else the size it was defined for
+    if family == "timm":  # 64x64 unless fixed; run_one also falls back when a model rejects 64x64
         import timm
 
         cfg = timm.get_pretrained_cfg(name)
-        if cfg.fixed_input_size or name == "inception_v3":  # needs 75x75 or more
-            return (1, *cfg.input_size)
-        return (1, 3, 64, 64)
+        return (1, *cfg.input_size) if cfg.fixed_input_size else (1, 3, 64, 64)
     if family == "video":
         if name == "s3d" or name.startswith("mvit"):
             return (1, 3, 16, 224, 224)  # s3d's final pooling is 2x7x7; MViT has fixed positional embeddings
@@ -134,7 +132,7 @@ def run_one(name: str, family: str, ratio: float) -> dict:
     shape = example_shape(name, family)
     row = {"model": name, "family": family, "input": "x".join(map(str, shape)), "status": "error"}
     model = build(name, family)
-    if family == "timm" and not _accepts(model, shape):  # e.g. blocked attention needs its block size to divide
+    if family == "timm" and not _accepts(model, shape):  # inception_v3 needs 75x75; blocked attention a multiple of its block
         import timm
 
         shape = (1, *timm.get_pretrained_cfg(name).input_size)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arguments import check_flag, check_model, check_names, check_positive, check_registry
+from .arguments import check_flag, check_model, check_names, check_registry
 from .budget import Budget
 from .couple import Coupling, couple
 from .equivalence import verify

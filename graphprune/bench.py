@@ -24,12 +24,11 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.utils.benchmark as benchmark
 from torch import nn
 
 from .errors import InputError
@@ -111,17 +110,10 @@ def _check(config: Config) -> None:
         raise InputError(f"unknown dtype {config.dtype!r}")
 
 
-def _prepare(model: nn.Module, x: torch.Tensor, config: Config) -> Callable[[], object]:
-    """A zero-argument callable running one forward pass of a converted copy of ``model``: placed as the
-    latency planner places it, so a benchmark and a latency budget time the same thing."""
-    hardware = Hardware(device=config.device, dtype=config.dtype, channels_last=config.channels_last, runtime=config.mode)
-    return hardware.runner(model, (x,))
-
-
-def _time_ms(fn: Callable[[], object], *, min_run_time: float, num_threads: int) -> float:
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads)
-    with torch.inference_mode():
-        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+def _hardware(config: Config, num_threads: int = 1) -> Hardware:
+    """The latency planner's placement and timing for ``config``: a benchmark and a latency budget time the same thing."""
+    return Hardware(device=config.device, dtype=config.dtype, channels_last=config.channels_last, runtime=config.mode,
+                    num_threads=num_threads)
 
 
 def run_benchmark(pairs: dict[str, tuple[nn.Module, nn.Module]], input_shape: Sequence[int],
@@ -152,11 +144,12 @@ def run_benchmark(pairs: dict[str, tuple[nn.Module, nn.Module]], input_shape: Se
     bar = tqdm(total=len(configs) * repeats * len(models), desc="benchmark", disable=quiet)
     for config in configs:
         x = torch.randn(config.batch, *input_shape)
-        calls = {key: _prepare(m, x, config) for key, m in models.items()}
+        hardware = _hardware(config, num_threads)
+        calls = {key: hardware.runner(m, (x,)) for key, m in models.items()}
         best = dict.fromkeys(calls, math.inf)
         for _ in range(repeats):
             for key, fn in calls.items():
-                best[key] = min(best[key], _time_ms(fn, min_run_time=min_run_time, num_threads=num_threads))
+                best[key] = min(best[key], hardware.seconds(fn, min_run_time) * 1e3)
                 bar.update()
         del calls
         for name, (dense, shrunk) in pairs.items():

@@ -174,7 +174,7 @@ def scopes(coupling: Coupling, budget: Budget, round_to: int, orders: Mapping[in
         names = group_modules(group, coupling)
         fixed = next((r for pattern, r in dict(budget.overrides).items()
                       if any(fnmatch.fnmatchcase(n, pattern) for n in names)), None)
-        max_remove = min(len(orders[group.id]), group.size - 1)
+        max_remove = len(orders[group.id])  # never the whole group: each member keeps a channel
         if budget.max_ratio is not None:
             max_remove = min(max_remove, math.floor(budget.max_ratio * group.size + 1e-9))
         choices = allowed_kept(group.size, min_kept=group.size - max_remove, round_to=round_to)

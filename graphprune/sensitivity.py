@@ -32,7 +32,7 @@ from .budget import group_modules
 from .equivalence import mask
 from .errors import InputError
 from .importance import Importance, bind_importance, resolve_importance
-from .planning import choose, make_plan, score_group
+from .planning import make_plan, score_group
 
 __all__ = ["SensitivityRow", "Sensitivity", "sensitivity"]
 
@@ -119,11 +119,12 @@ def sensitivity(
         if not group.prunable:
             continue
         scores = score_group(scorer, group, tensors)
+        order = group.removal_order(scores)
         for ratio in ratios:
-            count = min(math.floor(ratio * group.size + 0.5), group.num_prunable, group.size - 1)
+            count = min(math.floor(ratio * group.size + 0.5), len(order))
             if count == 0:
                 continue
-            removed = choose(group, scores, count)
+            removed = sorted(int(c) for c in order[:count])
             plan = make_plan(coupling, 0.0, scorer, importance_name=name, model=model,
                              example_args=coupling.example_args, leaf_modules=coupling.leaf_modules,
                              decisions={group.id: (removed, np.asarray(scores))})

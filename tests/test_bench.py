@@ -55,11 +55,11 @@ def test_compile_mode_times_compiled_models():
 def test_cuda_graph_replays_read_live_weights():
     import gc
 
-    from graphprune.bench import _prepare
+    from graphprune.bench import _hardware
 
     x = torch.randn(2, 3, 12, 12)
     model = _net(16)
-    replay = _prepare(model, x, Config("cuda", 2, "float32", False, "cudagraphs"))
+    replay = _hardware(Config("cuda", 2, "float32", False, "cudagraphs")).runner(model, (x,))
     gc.collect()
     # Churn the allocator: memory freed by a dropped copy would be handed out here, and replay would read it.
     churn = [torch.full((1 << 20,), float("nan"), device="cuda") for _ in range(8)]

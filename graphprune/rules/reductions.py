@@ -28,16 +28,10 @@ def reduction(ctx, node):
     return _reduce(ctx, node, arg(node, 1, "dim"), bool(arg(node, 2, "keepdim", False)))
 
 
-@RULES.function(torch.norm)
+@RULES.function(torch.norm, torch.linalg.vector_norm)
 @RULES.method("norm")
 def norm(ctx, node):
-    """``x.norm(p, dim, keepdim)``: a reduction over ``dim`` (every dim when it is None)."""
-    return _reduce(ctx, node, arg(node, 2, "dim"), bool(arg(node, 3, "keepdim", False)))
-
-
-@RULES.function(torch.linalg.vector_norm)
-def vector_norm(ctx, node):
-    """``torch.linalg.vector_norm(x, ord, dim, keepdim)``: a reduction over ``dim`` (every dim when it is None)."""
+    """``x.norm(p, dim, keepdim)``, ``vector_norm(x, ord, dim, keepdim)``: a reduction over ``dim`` (every dim when None)."""
     return _reduce(ctx, node, arg(node, 2, "dim"), bool(arg(node, 3, "keepdim", False)))
 
 
