@@ -1,7 +1,8 @@
 """Accuracy after pruning on real data, offline on CPU: scikit-learn's digits at 32x32, a VGG and a ResNet.
 
-For each model: train the dense model, find the ratio that keeps about 25% of the MACs
-(graphprune.ratio_for_macs), prune with each importance criterion, and report the test accuracy
+For each model: train the dense model, prune with each importance criterion at the one uniform ratio that
+keeps at most 25% of the MACs (graphprune.Budget(macs=0.25, allocation="uniform"): the same widths for
+every criterion, since a uniform ratio's widths do not depend on the scores), and report the test accuracy
 right after pruning and after a short fine-tune with the dense model as teacher (distillation).
 Also one iterative run (graphprune.iterative: 2 steps, each pruned then fine-tuned with KD for the same epochs).
 Every shrink is checked against the masked original (graphprune.verify <= 1e-4).
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import graphprune  # noqa: E402
 from examples.digits import Digits, accuracy, finetune_distilled, load_digits_32, train  # noqa: E402
 from examples.models import MODELS  # noqa: E402
-from graphprune.importance import Random, Taylor, resolve_importance  # noqa: E402
+from graphprune.planning.importance import Random, Taylor, resolve_importance  # noqa: E402
 
 CRITERIA = ("l2", "bn_scale", "taylor", "random")
 # random is the baseline, and one draw can be lucky: three seeds ("random:SEED").
@@ -89,13 +90,14 @@ def run(models: list[str], criteria: list[str], *, epochs: int, finetune_epochs:
         torch.manual_seed(seed)
         dense = train(MODELS[name](), data, epochs=epochs, seed=seed)
         dense_acc, dense_macs = accuracy(dense, data), graphprune.count_macs(dense, x)
-        ratio = graphprune.ratio_for_macs(dense, macs, example_inputs=x)
-        log(f"{name}: dense accuracy {dense_acc:.4f}, {dense_macs / 1e6:.2f} M MACs; ratio {ratio:.4f} keeps <= {macs:.0%} of the MACs")
+        # The smallest uniform ratio whose counted MACs are at most the target: the same widths for every criterion.
+        budget = graphprune.Budget(macs=macs, allocation="uniform")
+        log(f"{name}: dense accuracy {dense_acc:.4f}, {dense_macs / 1e6:.2f} M MACs; one uniform ratio keeps <= {macs:.0%} of the MACs")
         for criterion in criteria:
             if criterion in missing:
                 continue
             start = time.perf_counter()
-            plan = graphprune.plan(dense, ratio, example_inputs=x, importance=_criterion(criterion, data, seed))
+            plan = graphprune.plan(dense, budget, example_inputs=x, importance=_criterion(criterion, data, seed))
             small = graphprune.apply(dense, plan)
             error = graphprune.verify(dense, plan, small, data.x_test[:16])
             assert error <= 1e-4, f"{name}/{criterion}: masked-vs-shrunk difference {error:.2e}"
@@ -110,7 +112,7 @@ def run(models: list[str], criteria: list[str], *, epochs: int, finetune_epochs:
             continue
         start = time.perf_counter()
         small, history = graphprune.iterative(
-            dense, steps=iterative_steps, macs=macs, example_inputs=x, verbose=False,
+            dense, budget, steps=iterative_steps, example_inputs=x, verbose=False,
             train=lambda m: finetune_distilled(m, dense, data, epochs=finetune_epochs, seed=seed),
             evaluate=lambda m: accuracy(m, data))
         rows.append(Row(name, f"l2, iterative ({iterative_steps} step{'s' if iterative_steps > 1 else ''})", history[-1].macs, history[-1].params, dense_macs, dense_acc,
@@ -166,8 +168,9 @@ def write(rows: list[Row], missing: list[str], out: Path, command: str, settings
         "# Accuracy after pruning: digits, VGG8 and ResNet20, ~25% of the MACs\n\n"
         f"Produced by `{command}` ({settings}).\n\n"
         "scikit-learn's handwritten digits (offline), upsampled to 32x32, fixed stratified 80/20 split "
-        "(1437 train / 360 test images). Models from `examples/models.py`. Pruning ratio from "
-        "`graphprune.ratio_for_macs`, the same for every criterion; every shrink verified against the masked "
+        "(1437 train / 360 test images). Models from `examples/models.py`. One uniform ratio for every criterion, "
+        "the smallest whose MACs are at most the target (`graphprune.Budget(macs=..., allocation=\"uniform\")`); "
+        "every shrink verified against the masked "
         "original (`graphprune.verify` <= 1e-4). Fine-tuning: SGD with the dense model as teacher "
         "(`graphprune.distillation_loss`, T=4, alpha=0.5). \"BN recalibrated\": the pruned model, before any "
         "training, with its BatchNorm statistics re-estimated on 8 training batches (`graphprune.recalibrate_batchnorm`); "

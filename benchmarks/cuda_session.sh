@@ -20,8 +20,8 @@ print("torch", torch.__version__, "torchvision", torchvision.__version__, "netwo
       "python", platform.python_version(), "cuda", torch.cuda.is_available() and torch.cuda.get_device_name())
 PY
 if [ "$DEVICE" = cuda ] && [ -z "${SKIP_TESTS:-}" ]; then
-  timeout 150 python3 -m pytest -q -p no:cacheprovider -m "" tests/test_budget.py tests/test_adversarial.py \
-    tests/test_runtimes.py tests/test_bench.py -k "cuda" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -5
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -m "" tests/planning/test_budget.py tests/coupling/test_adversarial.py \
+    tests/measure/test_runtimes.py tests/measure/test_bench.py -k "cuda" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -5
 fi
 if [ "${1:-}" = smoke ]; then
   timeout 120 python3 benchmarks/latency_target.py --device "$DEVICE" --dtype "$DTYPE" --channels-last \
@@ -48,6 +48,6 @@ timeout ${T1:-330} python3 benchmarks/latency_target.py --device "$DEVICE" --dty
 if [ "$DEVICE" = cuda ]; then
   TP=$(python3 -c "import torch_pruning" 2>/dev/null && echo --torch-pruning)
   timeout ${T3:-200} python3 benchmarks/latency.py --device cuda --models $MODELS --ratio 0.5 --round-to 8 \
-    --batch 1 "$BATCH" --dtype "$DTYPE" --channels-last --mode eager cudagraphs --min-run-time 0.1 --repeats 2 \
+    --batch 1 "$BATCH" --dtype "$DTYPE" --channels-last --runtime eager cudagraphs --min-run-time 0.1 --repeats 2 \
     --threads 8 ${TP:-} --markdown "$OUT/latency_cuda.md" --plot "$OUT/latency_cuda.png" 2>&1 | tee -a "$log" | tail -40
 fi

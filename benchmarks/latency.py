@@ -11,7 +11,7 @@ Run (what docs/latency_cpu.md shows):
   python benchmarks/latency.py --models resnet50 vgg16_bn mobilenet_v2 --ratio 0.5 --threads 1 \\
       --markdown docs/latency_cpu.md --plot docs/latency_cpu.png
 Everything the machine has (CUDA too, when present):
-  python benchmarks/latency.py --dtype float32 bfloat16 float16 --channels-last --mode eager compile cudagraphs
+  python benchmarks/latency.py --dtype float32 bfloat16 float16 --channels-last --runtime eager compile cudagraphs
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 import torchvision
 
 import graphprune
-from graphprune.bench import default_configs, plot, run_benchmark, to_markdown
-from graphprune.runtimes import RUNTIMES
+from graphprune.measure import RUNTIMES
+from graphprune.measure.bench import default_configs, plot, run_benchmark, to_markdown
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=None, help="default: 1 16 (and 128 on cuda)")
     parser.add_argument("--dtype", nargs="+", default=["float32"])
     parser.add_argument("--channels-last", action="store_true", help="also time channels_last")
-    parser.add_argument("--mode", nargs="+", default=["eager"], choices=RUNTIMES)
+    parser.add_argument("--runtime", "--mode", dest="runtime", nargs="+", default=["eager"], choices=RUNTIMES,
+                        help="how the models run (--mode is the old spelling)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--min-run-time", type=float, default=0.5)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         model = torchvision.models.get_model(name).eval()
         round_to = None if args.round_to is None else args.round_to if args.round_to == "auto" else int(args.round_to)
-        plan = graphprune.plan(model, args.ratio, example_inputs=x, round_to=round_to)
+        plan = graphprune.plan(model, graphprune.Budget(args.ratio, round_to=round_to), example_inputs=x)
         small = graphprune.apply(model, plan)
         checks.append(f"{name}: masked-vs-shrunk max relative difference {graphprune.verify(model, plan, small, x):.1e}")
         pairs[name] = (model, small)
@@ -67,10 +68,10 @@ def main(argv: list[str] | None = None) -> None:
             baseline, tp_ratio = prune_to_macs(model, x, graphprune.count_macs(small, x))
             checks.append(f"{name} (torch-pruning): MetaPruner L2, pruning_ratio {tp_ratio:.3f} for equal MACs")
             pairs[f"{name} (torch-pruning)"] = (model, baseline)
-    configs = default_configs(args.device, modes=args.mode, dtypes=args.dtype, batches=args.batch,
-                              channels_last=(False, True) if args.channels_last else (False,))
-    rows = run_benchmark(pairs, shape, configs, min_run_time=args.min_run_time, num_threads=args.threads,
-                         repeats=args.repeats)
+    configs = default_configs(args.device, modes=args.runtime, dtypes=args.dtype, batches=args.batch,
+                              channels_last=(False, True) if args.channels_last else (False,),
+                              num_threads=args.threads, min_run_time=args.min_run_time)
+    rows = run_benchmark(pairs, shape, configs, repeats=args.repeats)
 
     cpu = platform.processor() or platform.machine()
     header = (f"graphprune.shrink(model, {args.ratio}); torch {torch.__version__}, {args.threads} CPU thread(s) ({cpu})"

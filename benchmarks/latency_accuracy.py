@@ -5,7 +5,7 @@ same measured latency it keeps more of the network than uniform pruning does (se
 docs/latency_target.md). Whether that buys accuracy is the question here. For each model
 (trained on scikit-learn's digits at 32x32, offline):
 
-- ``graphprune.plan(dense, latency=target, batch_size=B)``, timed on this CPU;
+- ``graphprune.plan(dense, Budget(latency=target), hardware=Hardware(batch_size=B))``, timed on this CPU;
 - uniform pruning, same width rounding, its ratio bisected on measured latency to the same fraction;
 
 both fine-tuned with the dense model as teacher for the same epochs, BatchNorm statistics
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import graphprune  # noqa: E402
 from examples.digits import accuracy, finetune_distilled, load_digits_32, train  # noqa: E402
 from examples.models import MODELS  # noqa: E402
-from graphprune.latency_table import Hardware  # noqa: E402
+from graphprune import Hardware  # noqa: E402
 from latency_target import _uniform_at_latency  # noqa: E402
 
 
@@ -66,13 +66,13 @@ def main() -> None:
             dense_acc, dense_macs = accuracy(dense, data), graphprune.count_macs(dense, x)
             for target in args.targets:
                 try:
-                    plan = graphprune.plan(dense, example_inputs=x, latency=target, hardware=hw)
+                    plan = graphprune.plan(dense, graphprune.Budget(latency=target), example_inputs=x, hardware=hw)
                 except graphprune.PlanError as exc:  # an unreachable target is a result too, not the end of the run
                     lines.append(f"| {name} | {seed} | {target} | refused: {str(exc).splitlines()[0]} | | | | | | {dense_acc:.4f} | |")
                     print(lines[-1], flush=True)
                     continue
-                fraction = plan.budget["actual_fraction"]
-                ratio, uniform, uniform_fraction = _uniform_at_latency(dense, x, fraction, plan.budget["round_to_resolved"], hw)
+                fraction = plan.budget.measured_fraction
+                ratio, uniform, uniform_fraction = _uniform_at_latency(dense, x, fraction, plan.budget.round_to, hw)
                 for label, p, measured in (("latency-aware", plan, fraction), (f"uniform {ratio:.3f}", uniform, uniform_fraction)):
                     small = graphprune.apply(dense, p)
                     error = graphprune.verify(dense, p, small, data.x_test[:16])

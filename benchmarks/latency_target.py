@@ -1,6 +1,6 @@
 """Latency targets: requested vs measured latency, MACs and params, against uniform pruning at equal MACs.
 
-For each model and target fraction, ``graphprune.plan(model, latency=target)`` measures a
+For each model and target fraction, ``graphprune.plan(model, Budget(latency=target))`` measures a
 per-layer latency table on the device (cached), plans against it and checks by timing. The
 baselines are a uniform ratio (every group loses the same fraction) tuned to the same MACs as
 the latency-aware plan, with the same width rounding and without any: at equal MACs, the
@@ -27,10 +27,10 @@ import torch
 import torchvision
 
 import graphprune
-import graphprune.budget
-from graphprune.latency_table import Hardware
-from graphprune.runtimes import RUNTIMES
-from graphprune.targets import DEFAULT_TRADEOFF
+from graphprune import Hardware
+from graphprune.measure import RUNTIMES
+from graphprune.planning.budget import resolve_round_to
+from graphprune.planning.policy import POLICIES
 
 
 def _uniform_at_macs(model: torch.nn.Module, x: torch.Tensor, macs: int, round_to: int | None) -> tuple[float, torch.nn.Module]:
@@ -38,7 +38,7 @@ def _uniform_at_macs(model: torch.nn.Module, x: torch.Tensor, macs: int, round_t
     dense = graphprune.count_macs(model, x)
     ratio, shrunk = 1 - math.sqrt(macs / dense), None
     for _ in range(4):
-        plan = graphprune.plan(model, ratio, example_inputs=x, round_to=round_to)
+        plan = graphprune.plan(model, graphprune.Budget(ratio, round_to=round_to), example_inputs=x)
         shrunk = graphprune.apply(model, plan)
         got = graphprune.count_macs(shrunk, x)
         if abs(got / macs - 1) < 0.01:
@@ -54,7 +54,7 @@ def _uniform_at_latency(model: torch.nn.Module, x: torch.Tensor, fraction: float
     low, high, best = 0.0, 0.95, None
     for _ in range(6):
         ratio = (low + high) / 2
-        plan = graphprune.plan(model, ratio, example_inputs=x, round_to=round_to)
+        plan = graphprune.plan(model, graphprune.Budget(ratio, round_to=round_to), example_inputs=x)
         got = timing.model_seconds(graphprune.apply(model, plan), (x,)) / dense
         if best is None or abs(got - fraction) < abs(best[2] - fraction):
             best = (ratio, plan, got)
@@ -69,18 +69,18 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
          repeats: int, tradeoff: float | None) -> dict:
     macs0, params0 = graphprune.count_macs(model, x), graphprune.count_params(model)
     start = time.perf_counter()
-    plan = graphprune.plan(model, example_inputs=x, budget=graphprune.Budget(latency=target, tradeoff=tradeoff), hardware=hw)
+    plan = graphprune.plan(model, graphprune.Budget(latency=target, tradeoff=tradeoff), example_inputs=x, hardware=hw)
     seconds = time.perf_counter() - start
     shrunk = graphprune.apply(model, plan)
     rel = graphprune.verify(model, plan, shrunk, x)
     macs, params = graphprune.count_macs(shrunk, x), graphprune.count_params(shrunk)
-    round_to = plan.budget["round_to_resolved"]
+    round_to = plan.budget.round_to
     # Baselines at the same MACs: uniform with the same width rounding (only the allocation differs), and
     # uniform unrounded (what a MACs-only pruner gives: widths off the hardware's tiles).
     ratio, uniform = _uniform_at_macs(model, x, macs, round_to)
     raw_ratio, raw = _uniform_at_macs(model, x, macs, None)
     # At equal latency instead: how much of the network a uniform plan keeps, against the latency-aware one.
-    lat_ratio, lat_plan, lat_fraction = _uniform_at_latency(model, x, plan.budget["actual_fraction"], round_to, timing)
+    lat_ratio, lat_plan, lat_fraction = _uniform_at_latency(model, x, plan.budget.measured_fraction, round_to, timing)
     lat_macs = graphprune.count_macs(graphprune.apply(model, lat_plan), x)
     # Timed back to back, alternating, so slow drifts of a shared machine hit all of them alike.
     # Each is prepared (compiled, captured) once and timed `repeats` times.
@@ -92,13 +92,13 @@ def _row(name: str, target: float, model: torch.nn.Module, x: torch.Tensor, hw: 
     d, s, u, r = (min(times[k]) for k in ("dense", "plan", "uniform", "raw"))
     b = plan.budget
     # The planner's figures are fractions of its own dense timing; they are shown in this run's dense ms.
-    return {"model": name, "target": target, "tradeoff": tradeoff if tradeoff is not None else DEFAULT_TRADEOFF["latency"], "dense_ms": d, "requested_ms": target * d, "predicted_ms": b["predicted"] / b["dense"] * d,
-            "measured_ms": s, "fraction": s / d, "in_plan_fraction": b["actual_fraction"],
-            "chosen_on_fraction": b["chosen_on"] / b["dense"] if "chosen_on" in b else None, "fell_back": "note" in b,
+    return {"model": name, "target": target, "tradeoff": tradeoff if tradeoff is not None else POLICIES["latency"].tradeoff, "dense_ms": d, "requested_ms": target * d, "predicted_ms": b.predicted / b.dense * d,
+            "measured_ms": s, "fraction": s / d, "in_plan_fraction": b.measured_fraction,
+            "chosen_on_fraction": b.chosen_on / b.dense if b.chosen_on is not None else None, "fell_back": b.note is not None,
             "load": os.getloadavg()[0], "gmacs": macs / 1e9, "macs_fraction": macs / macs0, "mparams": params / 1e6,
             "params_fraction": params / params0, "uniform_ratio": ratio, "uniform_ms": u, "speedup_vs_uniform": u / s,
             "raw_ratio": raw_ratio, "raw_ms": r, "speedup_vs_raw": r / s, "plan_s": seconds, "verify": rel,
-            "round_to": round_to, "runtime": b.get("runtime"), "allocator": b.get("allocator"), "table_measurements": b.get("table_measurements"),
+            "round_to": round_to, "runtime": b.runtime, "allocator": b.allocator, "table_measurements": b.table_measurements,
             "kept_channels": plan.kept_fraction, "uniform_equal_latency_ratio": lat_ratio,
             "uniform_equal_latency_fraction": lat_fraction, "uniform_equal_latency_kept_channels": lat_plan.kept_fraction,
             "uniform_equal_latency_macs_fraction": lat_macs / macs0}
@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--channels-last", action="store_true", help="run convs in NHWC (the fast layout for bf16 on CUDA)")
     parser.add_argument("--runtime", default="eager", choices=RUNTIMES,
-                        help="the runtime planned for and timed in (graphprune.runtimes)")
+                        help="the runtime planned for and timed in (graphprune.measure.runtimes)")
     parser.add_argument("--cache", default=None, help="latency table JSON (default ~/.cache/graphprune/latency.json)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per whole-model measurement")
     parser.add_argument("--repeats", type=int, default=2, help="alternating timing rounds; each model keeps its fastest")
@@ -144,10 +144,10 @@ def main() -> None:
                       channels_last=args.channels_last, model_min_run_time=args.min_run_time, runtime=args.runtime)
     x = torch.randn(1, 3, args.size, args.size)
     layout = ", channels_last" if args.channels_last else ""
-    header = (f"graphprune.plan(model, latency=target), {args.device} {args.dtype}{layout}, {args.runtime}, batch {args.batch}, "
+    header = (f"graphprune.plan(model, Budget(latency=target)), {args.device} {args.dtype}{layout}, {args.runtime}, batch {args.batch}, "
               f"{args.size}x{args.size}, {args.threads} thread(s), torch {torch.__version__}"
               f"{', ' + torch.cuda.get_device_name() if hw.is_cuda else ''}, random-init torchvision models, "
-              f"widths rounded to round_to='auto' = {graphprune.budget.resolve_round_to('auto', args.device, args.dtype)}")
+              f"widths rounded to round_to='auto' = {resolve_round_to('auto', hw)}")
     lines = [header, "",
              "| model | target | tradeoff | dense ms | requested ms | predicted ms | measured ms | measured / dense | in-plan paired measured / dense "
              "| load avg | GMACs/img (frac.) | Mparams (frac.) | uniform ratio at equal MACs (same round_to) | uniform ms "

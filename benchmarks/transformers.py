@@ -47,7 +47,7 @@ def measure(name: str, ratio: float) -> list[str]:
     for exact_only in (False, True):
         start = time.perf_counter()
         try:
-            plan = graphprune.plan(model, ratio, example_inputs=x, exact_only=exact_only)
+            plan = graphprune.plan(model, graphprune.Budget(ratio, exact_only=exact_only), example_inputs=x)
             shrunk = graphprune.apply(model, plan)
             verdict = graphprune.verdict(model, plan, shrunk, x)
             reasons = f"not exact ({len(verdict.reasons)} LayerNorms)" if not verdict.exact else "exact"

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from graphprune.docs import supported_ops_markdown
+from graphprune.report.ops_table import supported_ops_markdown
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parent / "supported_ops.md"

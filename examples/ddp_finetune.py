@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import graphprune  # noqa: E402
 from examples.digits import Digits, accuracy, finetune_distilled, load_digits_32, train  # noqa: E402
 from examples.models import MODELS  # noqa: E402
-from graphprune.distributed import check_same_plan, plan_on_all_ranks, sync_buffers  # noqa: E402
+from graphprune.workflows.distributed import check_same_plan, plan_on_all_ranks, sync_buffers  # noqa: E402
 
 
 def _shard(data: Digits, rank: int, world: int) -> Digits:

@@ -1,45 +1,47 @@
 """graphprune: structured channel pruning for PyTorch, proven equivalent.
 
-Four stages, each usable on its own:
+A compiler in four stages, one subpackage each, with the ``torch.fx`` graph as its IR:
 
-1. :func:`graphprune.trace.trace`: ``torch.fx`` tracing and shape propagation;
-2. :func:`analyze`: the dependency graph of coupled channels (rules in a :class:`Registry`);
-3. :func:`plan`: which channels to remove, as a serialisable :class:`Plan`;
-4. :func:`apply`: the physically smaller model.
+1. :mod:`graphprune.capture`: the model's graph, with shapes on every node;
+2. :mod:`graphprune.coupling`: the groups of channels that must be removed together (:func:`couple`);
+3. :mod:`graphprune.planning`: which channels to remove under a :class:`Budget`, as a :class:`Plan` (:func:`plan`);
+4. :mod:`graphprune.rewrite`: the physically smaller model (:func:`apply`), and its proof (:func:`verify`).
 
-:func:`shrink` runs them all; :func:`verify` proves the result.
+:func:`shrink` runs them all. Calls are configured with records: a :class:`Budget` (what to prune to), a
+:class:`Scope` (what the coupling sees) and a :class:`Hardware` (where latency is measured).
 """
 
-from .api import analyze, apply, capture_inputs, plan, shrink, shrink_submodule
-from .equivalence import mask, verify
-from .errors import GraphPruneError, InputError, PlanError, RewriteError, TraceError, UnsupportedOpError
-from .planning import Plan
-from .provenance import plans_of
-from .registry import Registry, default_registry
-from .serialize import load, save
-from .stats import count_macs, count_params, measure_latency
-from .equivalence import Verdict, verdict
-from .errors import BudgetWarning, InexactWarning
-from .budget import Budget
-from .latency_table import Hardware
-from .plots import plot_widths
-from .sensitivity import sensitivity
-from . import importance
-from .workflow import StepRecord, iterative, ratio_for_macs, recalibrate_batchnorm
-from .regularize import BNScaleL1, GroupLasso
-from .distill import distillation_loss, distill_step
-from . import distributed
+import sys
+
+from .api import apply, capture_inputs, couple, plan, shrink, shrink_submodule
+from .base.errors import (BudgetWarning, GraphPruneError, InexactWarning, InputError, PlanError, RewriteError,
+                          TraceError, UnsupportedOpError)
+from .base.version import __version__
+from .coupling import Coupling, Registry, Scope, default_registry
+from .measure import Hardware, count_macs, count_params, measure_latency
+from .planning import Budget, Plan, PlanBudget, importance
+from .report.plots import plot_widths
+from .rewrite import Verdict, mask, plans_of, verdict, verify
+from .storage import load, save
+from .workflows import distributed
+from .workflows.distill import distill_step, distillation_loss
+from .workflows.iterative import StepRecord, iterative, recalibrate_batchnorm
+from .workflows.regularize import BNScaleL1, GroupLasso
+from .workflows.sensitivity import sensitivity
+
+# Public under their short names and importable by them too (from graphprune.importance import Taylor), as
+# os.path is: the modules themselves live in their layers.
+sys.modules[f"{__name__}.importance"] = importance
+sys.modules[f"{__name__}.distributed"] = distributed
 
 __all__ = [
-    "shrink", "plan", "apply", "verify", "analyze", "mask", "shrink_submodule", "capture_inputs",
-    "Plan", "Registry", "default_registry",
+    "shrink", "couple", "plan", "apply", "verify", "verdict", "Verdict", "mask", "shrink_submodule", "capture_inputs",
+    "Budget", "Scope", "Hardware", "Plan", "PlanBudget", "Coupling", "Registry", "default_registry", "importance",
     "count_params", "count_macs", "measure_latency",
     "save", "load", "plans_of",
-    "Budget", "Hardware", "sensitivity", "plot_widths", "importance",
-    "iterative", "StepRecord", "ratio_for_macs", "recalibrate_batchnorm", "GroupLasso", "BNScaleL1", "distillation_loss", "distill_step",
+    "sensitivity", "plot_widths",
+    "iterative", "StepRecord", "recalibrate_batchnorm", "GroupLasso", "BNScaleL1", "distillation_loss", "distill_step",
     "distributed",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
+    "InexactWarning", "BudgetWarning", "__version__",
 ]
-__all__ += ["verdict", "Verdict", "InexactWarning", "BudgetWarning"]
-
-__version__ = "0.1.0"

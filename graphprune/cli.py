@@ -11,12 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import GraphPruneError, InputError
-from .runtimes import RUNTIMES
+from .base.errors import GraphPruneError, InputError
+from .measure.runtimes import RUNTIMES
 
 __all__ = ["main", "build_parser"]
 
@@ -27,8 +28,10 @@ _EPILOG_SHRINK = """examples:
   graphprune shrink torchvision:resnet50 --latency 0.5 --device cuda --dtype bfloat16 --batch-size 128 -o r50-fast/
   graphprune shrink torchvision:resnet50 --latency 0.5 --device cuda --dtype bfloat16 --runtime cudagraphs -o r50-graphs/
   graphprune shrink torchvision:resnet50 --latency 0.6 --threads 8 -o r50-cpu8/     (for an 8-thread CPU server)
+  graphprune shrink torchvision:resnet50 --macs 0.5 --round-to auto --device cuda --dtype bfloat16 -o r50-h200/
 
-Load the result in Python with graphprune.load("resnet50-half/")."""
+Load the result in Python with graphprune.load("resnet50-half/"). An existing output directory is
+refused unless --force is given."""
 
 _EPILOG_INSPECT = """examples:
   graphprune inspect torchvision:resnet18
@@ -38,7 +41,13 @@ _EPILOG_INSPECT = """examples:
 _EPILOG_BENCH = """examples:
   graphprune bench torchvision:resnet50 resnet50-half/
   graphprune bench torchvision:resnet50 resnet50-half/ --batch 1 16 --dtype float32 bfloat16 \\
-      --channels-last --mode eager compile --markdown table.md --plot speed.png"""
+      --channels-last --mode eager compile --markdown table.md --plot speed.png
+
+The realized column is the share of the MACs saving that shows up as time saved:
+(1 - shrunk ms / dense ms) / (1 - shrunk MACs / dense MACs). 100% means latency fell as much as the
+arithmetic; less means overheads (memory traffic, launches, narrow layers) kept part of it.
+Timings run on --threads CPU threads (1 by default): on a shared machine more threads make them noisy,
+and a model pruned for one thread count can speed up differently at another."""
 
 _EPILOG = """examples:
   graphprune shrink torchvision:resnet50 --ratio 0.5 -o resnet50-half/
@@ -79,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="graphprune",
         description="Structured channel pruning for PyTorch: make a model physically smaller, and prove it.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
+    from .base.version import __version__
 
     parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -95,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--params", type=float, help="target fraction of the model's parameters to keep")
     budget.add_argument("--latency", type=float,
                         help="target fraction of the model's measured latency on --device (per-layer table, cached)")
-    shrink.add_argument("--device", default="cpu", help="where --latency is measured (default: cpu)")
+    shrink.add_argument("--device", default="cpu",
+                        help="where the model will run: --latency is measured and --round-to auto rounds for it (default: cpu)")
     shrink.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="dtype --latency is measured in (default: float32)")
+                        help="the dtype it will run in, for --latency and --round-to auto (default: float32)")
     shrink.add_argument("--batch-size", type=int, default=None,
                         help="batch size --latency is measured at (default: that of --input-shape)")
     shrink.add_argument("--runtime", default="eager", choices=RUNTIMES,
@@ -107,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     shrink.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto",
                         help="keep every width a multiple of N, or 'auto' for --device and --dtype")
     shrink.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="directory to write the model to")
+    shrink.add_argument("--force", action="store_true", help="overwrite DIR if it already holds files")
     shrink.add_argument("--importance", default="l2", help="channel importance criterion (default: l2)")
     _add_model_options(shrink)
 
@@ -147,14 +158,13 @@ def _quiet() -> bool:
 
 def _load(spec: str, input_shape: tuple[int, ...] | None) -> tuple[nn.Module, str | None, tuple[int, ...]]:
     """The model MODEL names, its spec (None for a saved directory's own base), and the input shape to use."""
-    from .factory import build_model, is_spec
-    from .serialize import load, read_manifest
+    from .storage import build_model, is_spec, load, read_manifest
 
     path = Path(spec)
     if path.is_dir():
         manifest = read_manifest(path)
         saved = manifest["inputs"][0] if manifest["inputs"] and manifest["inputs"][0] else None
-        shape = input_shape or (tuple(saved["shape"]) if saved else (1, 3, 224, 224))
+        shape = input_shape or (tuple(saved["shape"]) if saved and saved.get("shape") else (1, 3, 224, 224))
         return load(path), None, shape
     if is_spec(spec):
         return build_model(spec), spec, input_shape or (1, 3, 224, 224)
@@ -162,15 +172,31 @@ def _load(spec: str, input_shape: tuple[int, ...] | None) -> tuple[nn.Module, st
                      hint="use torchvision:NAME, package.module:factory, or a directory written by `graphprune shrink`")
 
 
+def _records(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The Budget and Hardware the arguments describe, checked before any model is built."""
+    from .measure import Hardware
+    from .planning import Budget
+
+    targets = {k: getattr(args, k) for k in ("ratio", "macs", "params", "latency") if getattr(args, k) is not None}
+    budget = Budget(**targets, round_to=args.round_to)
+    hardware = Hardware(args.device, args.dtype, batch_size=args.batch_size, runtime=args.runtime,
+                        num_threads=args.threads)
+    return budget, hardware
+
+
 def _cmd_shrink(args: argparse.Namespace) -> int:
+    import warnings
+
     from tqdm.auto import tqdm
 
     from . import api
-    from .provenance import plans_of
-    from .latency_table import Hardware
-    from .serialize import read_manifest, save
-    from .stats import count_macs, count_params
+    from .measure import count_macs, count_params
+    from .rewrite import plans_of, verify
+    from .storage import read_manifest, save
 
+    budget, hardware = _records(args)
+    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())) and not args.force:
+        raise InputError(f"{args.output} already exists", hint="choose another -o DIR, or pass --force to overwrite it")
     steps = tqdm(total=4, desc="shrink", disable=_quiet())
     steps.set_postfix_str("load")
     model, spec, shape = _load(args.model, args.input_shape)
@@ -183,25 +209,24 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
     x = torch.randn(shape)
     steps.update()
     steps.set_postfix_str("plan")
-    budget = {k: getattr(args, k) for k in ("ratio", "macs", "params", "latency") if getattr(args, k) is not None}
-    if args.round_to is not None:
-        budget["round_to"] = args.round_to
-    if args.latency is not None:
-        budget["hardware"] = Hardware.deployed(args.device, args.dtype, batch_size=args.batch_size,
-                                               runtime=args.runtime, num_threads=args.threads)
-    plan = api.plan(model, **budget, example_inputs=x, importance=args.importance)
+    with warnings.catch_warnings(record=True) as caught:  # printed after the progress bar, not through it
+        warnings.simplefilter("always")
+        plan = api.plan(model, budget, example_inputs=x, importance=args.importance, hardware=hardware)
     steps.update()
     steps.set_postfix_str("rewrite")
     small = api.apply(model, plan, example_inputs=x)
     steps.update()
     steps.set_postfix_str("verify")
-    error = api.verify(model, plan, small, x)
+    error = verify(model, plan, small, x)
     steps.update()
     steps.close()
     save(small, args.output, plan=plans_of(small), base=spec, base_kwargs=base_kwargs)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     p0, p1 = count_params(model), count_params(small)
     m0, m1 = count_macs(model, x), count_macs(small, x)
     print(plan.summary().splitlines()[0])
+    print(plan.budget.describe())
     print(f"params {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); MACs at {list(shape)} {m0:,} -> {m1:,} ({m0 / m1:.2f}x fewer)")
     print(f"masked-vs-shrunk max relative difference: {error:.1e}")
     print(f"saved to {args.output} (load with graphprune.load({str(args.output)!r}))")
@@ -209,23 +234,24 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .api import analyze
+    from .api import couple
 
     model, _, shape = _load(args.model, args.input_shape)
-    coupling = analyze(model, example_inputs=torch.randn(shape))
+    coupling = couple(model, example_inputs=torch.randn(shape))
     print(f"{type(model).__name__}: {len(coupling.groups)} groups, "
           f"{sum(g.size for g in coupling.groups)} channels, {sum(g.num_prunable for g in coupling.groups)} prunable")
-    print(f"{'group':>5} {'channels':>8} {'prunable':>8} {'tensors':>7}  layers")
+    print(f"{'group':>5} {'channels':>8} {'prunable':>8} {'tensors':>7}  layers (module paths, as Budget(overrides=) matches them)")
     for g in coupling.groups:
-        layers = ", ".join(g.sources[:4]) + (f", ... (+{len(g.sources) - 4})" if len(g.sources) > 4 else "")
+        paths = coupling.module_paths(g)
+        layers = ", ".join(paths[:4]) + (f", ... (+{len(paths) - 4})" if len(paths) > 4 else "")
         print(f"{g.id:>5} {g.size:>8} {g.num_prunable:>8} {len(g.members):>7}  {layers}")
     if args.dot:
-        from .dot import to_dot
+        from .report.dot import to_dot
 
         args.dot.write_text(to_dot(coupling))
         print(f"wrote {args.dot}")
     if args.png:
-        from .dot import write_png
+        from .report.dot import write_png
 
         write_png(coupling, args.png)
         print(f"wrote {args.png}")
@@ -233,16 +259,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import default_configs, plot, run_benchmark, to_markdown
+    from .measure.bench import default_configs, plot, run_benchmark, to_markdown
 
+    configs = default_configs(args.device, modes=args.mode, dtypes=args.dtype, batches=args.batch,
+                              channels_last=(False, True) if args.channels_last else (False,),
+                              num_threads=args.threads, min_run_time=args.min_run_time)
     dense, _, shape = _load(args.model, args.input_shape)
     shrunk, _, shrunk_shape = _load(args.shrunk, args.input_shape or shape)
-    torch.set_num_threads(args.threads)
-    configs = default_configs(args.device, modes=args.mode, dtypes=args.dtype, batches=args.batch,
-                              channels_last=(False, True) if args.channels_last else (False,))
     name = Path(args.shrunk).name or args.shrunk
-    rows = run_benchmark({name: (dense, shrunk)}, shape[1:], configs, min_run_time=args.min_run_time,
-                         num_threads=args.threads, repeats=args.repeats, progress=not _quiet())
+    rows = run_benchmark({name: (dense, shrunk)}, shape[1:], configs, repeats=args.repeats, progress=not _quiet())
     table = to_markdown(rows)
     print(table)
     if args.markdown:

@@ -10,10 +10,10 @@ def seed():
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Print how many random networks the fuzz test generated (tests/test_fuzz.py)."""
+    """Print how many random networks the fuzz test generated (tests/zoo/test_fuzz.py)."""
     import sys
 
-    fuzz = sys.modules.get("tests.test_fuzz")
+    fuzz = sys.modules.get("tests.zoo.test_fuzz")
     for line in getattr(fuzz, "FUZZ_SUMMARY", []):
         terminalreporter.write_line(line)
 

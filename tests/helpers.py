@@ -50,7 +50,7 @@ class _StandIn:
 def time_models_by(monkeypatch, seconds_of) -> None:
     """Whole models are "timed" by ``seconds_of(hardware, model, args)`` instead of a clock: each timing of a
     prepared model calls it again, so a stand-in may drift. Layer tables are still measured for real."""
-    from graphprune.latency_table import Hardware
+    from graphprune.measure import Hardware
 
     real_seconds = Hardware.seconds
 

@@ -1,0 +1,55 @@
+"""Running a model on example inputs: shared by verification, statistics, scoring and training helpers.
+
+>>> import torch
+>>> lin = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train()
+>>> with eval_mode(lin):
+...     call_model(lin, (torch.ones(1, 2),)).shape, lin.training
+(torch.Size([1, 2]), False)
+>>> lin.training
+True
+>>> device_of(lin), dtype_of(lin)
+(device(type='cpu'), torch.float32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["call_model", "eval_mode", "device_of", "dtype_of"]
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Call ``model`` on one tensor, a tuple/list of positional args, or a dict of keyword args."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Evaluate in eval mode, then restore each submodule's own training flag."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's first parameter (else buffer) lives; the CPU for a model without tensors."""
+    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+
+
+def dtype_of(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter, else PyTorch's default dtype."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())

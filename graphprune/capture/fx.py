@@ -1,0 +1,88 @@
+"""Symbolic tracing with ``torch.fx``: the graph of the model's forward, with the user's source lines.
+
+Leaf modules are the torch.nn layers (whose rules apply to one ``call_module`` node), the
+user's subclasses of them that keep their forward, and any submodule named in ``leaf_modules``
+(an opaque part whose channels are then kept).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+
+import torch
+import torch.fx
+from torch import nn
+
+from ..base.checks import check_model
+from ..base.errors import InputError, TraceError
+
+__all__ = ["trace_fx"]
+
+
+class _Tracer(torch.fx.Tracer):
+    def __init__(self, leaf_modules: Iterable[str]):
+        super().__init__()
+        self.record_stack_traces = True
+        self._extra_leaves = frozenset(leaf_modules)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self._extra_leaves or super().is_leaf_module(m, qualname) or _inherits_torch_forward(m)
+
+
+_CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _inherits_torch_forward(m: nn.Module) -> bool:
+    """A user subclass of a torch.nn layer that keeps its forward (torchvision's ``Conv3DSimple``).
+
+    It computes exactly what its torch.nn base does, so it stays one module call, where the
+    layer's rules apply, instead of being traced into ``F.conv3d`` on bare parameters.
+    """
+    owner = next(base for base in type(m).__mro__ if "forward" in vars(base))
+    return owner.__module__.startswith("torch.nn.modules") and owner not in _CONTAINERS
+
+
+def _user_frame(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if "/torch/" not in f.filename and "/graphprune/" not in f.filename]
+    frame = (user or frames)[-1] if frames else None
+    if frame is None:
+        return ""
+    return f'\nsource: File "{frame.filename}", line {frame.lineno}, in {frame.name}\n    {frame.line}'
+
+
+def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = ()) -> torch.fx.GraphModule:
+    """Symbolically trace ``model``; raises :class:`TraceError` naming the submodule and source line that failed.
+
+    >>> import torchvision
+    >>> gm = trace_fx(torchvision.models.resnet18())
+    >>> [n.target for n in gm.graph.find_nodes(op="call_module")][-1]
+    'fc'
+    """
+    check_model(model)
+    leaf_modules = tuple(leaf_modules)
+    names = dict(model.named_modules())
+    missing = [name for name in leaf_modules if name not in names]
+    if missing:
+        raise InputError(f"leaf_modules names {missing}, which are not submodules of {type(model).__name__}")
+    tracer = _Tracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # FX raises TraceError, TypeError, NotImplementedError...
+        # FX pushes each submodule it enters and does not pop on failure: the last one is the culprit.
+        inside = [qualname for qualname, _ in tracer.module_stack.values() if qualname]
+        if inside:
+            where = repr(inside[-1])
+            hint = (f"make the submodule that cannot be traced an opaque leaf whose channels are kept "
+                    f"(Scope(leaf_modules=[{where}], ignore=[{where}])), or shrink a traceable submodule instead "
+                    f"(graphprune.shrink_submodule)")
+        else:  # the model's own forward: no submodule can be made a leaf to get around it
+            hint = (f"{type(model).__name__}.forward itself cannot be traced: shrink a traceable submodule instead "
+                    f"(graphprune.shrink_submodule(model, 'backbone', ...)), or make the untraceable code a "
+                    f"submodule and name it in Scope(leaf_modules=[...], ignore=[...])")
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}{_user_frame(exc)}",
+            hint=hint,
+        ) from exc
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)

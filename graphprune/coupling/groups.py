@@ -1,0 +1,154 @@
+"""Channels and groups: what the join graph of atoms says must be removed together.
+
+Channels are the connected components of the join graph over atoms; *groups* are the
+connected components over the layers that produce them: a group's channels are removed by
+one decision. Both use networkx.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from .context import Role, RuleContext, TensorUse
+
+__all__ = ["GroupMember", "ChannelGroup", "form_groups"]
+
+
+@dataclass(frozen=True, eq=False)
+class GroupMember:
+    """The part of a tensor use that belongs to one group: ``positions`` along the dim, and their channels."""
+
+    use: TensorUse
+    positions: np.ndarray
+    channels: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelGroup:
+    """Channels that are removed together, and every tensor slice they touch."""
+
+    id: int
+    size: int
+    channel_ids: np.ndarray  # global channel id of each of the group's channels
+    members: tuple[GroupMember, ...]
+    pinned: np.ndarray  # bool per channel
+    sources: tuple[str, ...]  # FX nodes that produce the group's channels
+    inexact: tuple[str, ...] = ()  # why removing any of these channels is not exact
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(self.members))
+        object.__setattr__(self, "sources", tuple(self.sources))
+        object.__setattr__(self, "inexact", tuple(self.inexact))
+        for array in (self.channel_ids, self.pinned):
+            array.setflags(write=False)  # see couple(): a coupling is read-only
+
+    @property
+    def prunable(self) -> bool:
+        has_producer = any(m.use.role == Role.PRODUCER for m in self.members)
+        return has_producer and not bool(self.pinned.all())
+
+    @property
+    def num_prunable(self) -> int:
+        return int((~self.pinned).sum()) if self.prunable else 0
+
+    def removal_order(self, scores: np.ndarray) -> np.ndarray:
+        """The channels a plan may remove, least important first (ties to the lower index).
+
+        Pinned channels are left out, and so is the most important channel of every tensor slice that has
+        no pinned channel: a tensor may index only part of a group (a depthwise conv on one piece of a
+        split, as in MambaOut), and removing all of that part would leave it with no channels at all.
+        """
+        if not self.prunable:
+            return np.zeros(0, dtype=np.int64)
+        free = np.nonzero(~self.pinned)[0]
+        ranked = free[np.argsort(scores[free], kind="stable")]
+        rank = np.full(self.size, -1, dtype=np.int64)
+        rank[ranked] = np.arange(len(ranked))
+        kept = set()
+        for member in self.members:
+            channels = np.unique(member.channels)
+            if not self.pinned[channels].any():
+                kept.add(int(channels[np.argmax(rank[channels])]))
+        return ranked[~np.isin(ranked, sorted(kept))]
+
+
+def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Graph]:
+    """Channels (connected components of the atom joins) and groups (of the layers whose atoms are joined).
+
+    Returns each atom's channel id, the groups, and the layer graph: one node per layer that allocated
+    atoms (attributes ``node``, ``size`` and ``group``), an edge where two layers' channels are joined.
+    """
+    n = ctx.n_atoms
+    # Channels: connected components of the atom join graph.
+    atom_graph = nx.Graph()
+    for a, b in ctx.joins:
+        atom_graph.add_edges_from(zip(a.tolist(), b.tolist()))
+    label = np.arange(n, dtype=np.int64)
+    for component in nx.connected_components(atom_graph):
+        ids = np.fromiter(component, dtype=np.int64)
+        label[ids] = ids.min()
+    _, channel_of_atom = np.unique(label, return_inverse=True)
+    n_channels = int(channel_of_atom.max()) + 1 if n else 0
+
+    # Groups: connected components of the layers (spaces) whose atoms are joined.
+    sizes = np.array([s.size for s in ctx.spaces], dtype=np.int64)
+    space_of_atom = np.repeat(np.arange(len(ctx.spaces)), sizes)
+    space_graph = nx.Graph()
+    for i, s in enumerate(ctx.spaces):
+        space_graph.add_node(i, node=s.node, size=s.size)
+    for a, b in ctx.joins:
+        pairs = np.unique(np.stack([space_of_atom[a], space_of_atom[b]], axis=1), axis=0)
+        space_graph.add_edges_from((int(x), int(y)) for x, y in pairs if x != y)
+    group_of_space = np.empty(len(ctx.spaces), dtype=np.int64)
+    components = sorted((sorted(c) for c in nx.connected_components(space_graph)), key=lambda c: c[0])
+    for g, spaces in enumerate(components):
+        group_of_space[spaces] = g
+        for s in spaces:
+            space_graph.nodes[s]["group"] = g
+
+    # Each channel's group, and its index inside the group (ordered by first atom: deterministic).
+    first_atom = np.full(n_channels, n, dtype=np.int64)
+    np.minimum.at(first_atom, channel_of_atom, np.arange(n))
+    group_of_channel = group_of_space[space_of_atom[first_atom]]
+    order = np.lexsort((first_atom, group_of_channel))
+    local = np.empty(n_channels, dtype=np.int64)
+    counts = np.bincount(group_of_channel, minlength=len(components))
+    starts = np.cumsum(counts) - counts  # also right for a model without any channel (no groups)
+    local[order] = np.arange(n_channels) - np.repeat(starts, counts)
+
+    pinned = np.zeros(n_channels, dtype=bool)
+    for atoms, _ in ctx.pins:
+        pinned[channel_of_atom[atoms]] = True
+
+    inexact: list[list[str]] = [[] for _ in components]
+    for atoms, reason in ctx.inexact:
+        for g in np.unique(group_of_channel[channel_of_atom[atoms]]):
+            if reason not in inexact[g]:
+                inexact[g].append(reason)
+
+    members: list[list[GroupMember]] = [[] for _ in components]
+    for use in ctx.uses.values():
+        channels = channel_of_atom[use.atoms]
+        groups_here = group_of_channel[channels]
+        for g in np.unique(groups_here):
+            positions = np.nonzero(groups_here == g)[0]
+            members[g].append(GroupMember(use, positions, local[channels[positions]]))
+
+    groups = []
+    for g, spaces in enumerate(components):
+        in_group = order[starts[g]:starts[g] + counts[g]]
+        groups.append(
+            ChannelGroup(
+                id=g,
+                size=int(counts[g]),
+                channel_ids=in_group,
+                members=members[g],
+                pinned=pinned[in_group],
+                sources=[ctx.spaces[s].node for s in spaces],
+                inexact=inexact[g],
+            )
+        )
+    return channel_of_atom, groups, space_graph

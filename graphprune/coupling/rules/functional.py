@@ -1,0 +1,172 @@
+"""Rules for layers written as functions over parameters the model holds itself.
+
+``F.conv2d(x, self.weight, self.bias)`` reaches its tensors through ``get_attr``
+nodes. Every get_attr gives each dim of its tensor fresh atoms and records a
+generic direct use of them (see :func:`graphprune.coupling.couple`). These rules
+join those atoms with the channels they meet (the input's channels with the
+weight's input dim) and, when the argument is the parameter itself, refine the
+use's role: the weight's dim 0 *produces* the output channels, so the planner
+may remove them. A weight computed in the graph (``self.weight * 2``) still
+joins atoms but produces nothing, so its channels are kept: correct, if not
+minimal.
+
+>>> import torch, torch.nn.functional as F, graphprune
+>>> class Net(torch.nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.w1 = torch.nn.Parameter(torch.randn(8, 3, 3, 3))
+...         self.w2 = torch.nn.Parameter(torch.randn(4, 8))
+...     def forward(self, x):
+...         x = F.adaptive_avg_pool2d(F.relu(F.conv2d(x, self.w1, padding=1)), 1).flatten(1)
+...         return F.linear(x, self.w2)
+>>> small = graphprune.shrink(Net(), 0.5, example_inputs=torch.randn(1, 3, 8, 8))
+>>> small.w1.shape, small.w2.shape
+(torch.Size([4, 3, 3, 3]), torch.Size([4, 4]))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+from ..channels import Block, ChannelMap, LayoutError
+from ..context import Role
+from ..registry import Registry
+from ._common import arg, input_arg
+
+__all__ = ["RULES"]
+
+RULES = Registry()
+
+
+def _claim(ctx, value: Any, dim: int, atoms: np.ndarray | None, role: str) -> None:
+    """Refine the use of a parameter reached through get_attr: ``dim`` of it plays ``role``."""
+    if atoms is None or not (isinstance(value, torch.fx.Node) and value.op == "get_attr"):
+        return
+    owner, _, attr = value.target.rpartition(".")
+    ctx.use_tensor(owner, attr, dim, atoms, role)
+
+
+def _meet(ctx, a: np.ndarray | None, b: np.ndarray | None, what: str) -> np.ndarray | None:
+    """Two channel axes that index each other: joined if both are tracked, else the tracked one is pinned."""
+    if a is not None and b is not None:
+        ctx.join(a, b)
+        return a
+    for atoms in (a, b):
+        if atoms is not None:
+            ctx.pin(atoms, f"{what} meets an axis whose channels are fixed")
+    return None
+
+
+def _tensor_map(ctx, value: Any) -> ChannelMap:
+    shape = ctx.shape(value)
+    cmap = ctx.channels(value)
+    if shape is None or cmap is None:
+        return ChannelMap()
+    return cmap.normalized(len(shape))
+
+
+def _only(cmap: ChannelMap, dim: int, what: str) -> np.ndarray | None:
+    extra = cmap.dims - {dim}
+    if extra:
+        raise LayoutError(f"{what} carries channels on dims {sorted(extra)} besides dim {dim}")
+    return cmap.at(dim)
+
+
+def _conv(ctx, node):
+    """``F.conv{1,2,3}d(x, weight, bias, stride, padding, dilation, groups)``: like the module rule."""
+    x, weight, bias = input_arg(node), arg(node, 1, "weight"), arg(node, 2, "bias")
+    groups = arg(node, 6, "groups", 1)
+    w_shape = ctx.shape(weight)
+    if w_shape is None or not isinstance(groups, int):
+        raise LayoutError("the weight's shape or the number of groups is not known at trace time")
+    ndim = len(ctx.shape(x))
+    cdim = ndim - (len(w_shape) - 2) - 1
+    in_atoms = _only(_tensor_map(ctx, x), cdim, "the convolution's input")
+    w_map = _tensor_map(ctx, weight)
+    if w_map.dims - {0, 1}:  # a kernel whose taps were joined with channels: not a plain weight
+        for d in sorted(w_map.dims - {0, 1}):
+            ctx.pin(w_map.block_at(d).atoms, "convolution kernel taps")
+    w_out, w_in = w_map.at(0), w_map.at(1)
+    b_atoms = _only(_tensor_map(ctx, bias), 0, "the convolution's bias") if bias is not None else None
+    c_in = ctx.shape(x)[cdim]
+    if groups == 1:
+        _meet(ctx, in_atoms, w_in, "the convolution's input")
+        _claim(ctx, weight, 1, w_in, Role.CONSUMER)
+        out = w_out
+    elif groups == c_in and w_shape[1] == 1:  # depthwise: output channel j reads input channel j // m
+        mult = w_shape[0] // c_in
+        if in_atoms is None:
+            if w_out is not None:
+                ctx.pin(w_out, "depthwise convolution of fixed channels")
+            out = w_out
+        else:
+            out = np.repeat(in_atoms, mult)
+            _meet(ctx, out, w_out, "the depthwise convolution's weight")
+            # `groups` is a literal in the graph: it must follow the number of kept input channels.
+            path = (6,) if len(node.args) > 6 else ("groups",)
+            ctx.edit_shape(path, groups, Block((cdim,), in_atoms), 0)
+    else:  # other grouped convs keep both sides, as the module rule does
+        for atoms in (in_atoms, w_in, w_out):
+            if atoms is not None:
+                ctx.pin(atoms, "grouped convolution")
+        out = w_out
+    _claim(ctx, weight, 0, w_out, Role.PRODUCER)
+    if out is not None:
+        if bias is not None:
+            _meet(ctx, out, b_atoms, "the convolution's bias")
+            _claim(ctx, bias, 0, b_atoms, Role.BIAS)
+        return ChannelMap.single(cdim, out)
+    if b_atoms is not None:
+        ctx.pin(b_atoms, "bias of an untracked output")
+    return ChannelMap()
+
+
+RULES.function(F.conv1d, F.conv2d, F.conv3d)(_conv)
+
+
+@RULES.function(F.linear)
+def linear(ctx, node):
+    """``F.linear(x, weight, bias)``: consumes the last dim (weight dim 1), produces weight dim 0."""
+    x, weight, bias = input_arg(node), arg(node, 1, "weight"), arg(node, 2, "bias")
+    ndim = len(ctx.shape(x))
+    last = ndim - 1
+    cmap = _tensor_map(ctx, x)
+    w_map = _tensor_map(ctx, weight)
+    if len(ctx.shape(weight)) != 2:
+        raise LayoutError("F.linear with a weight that is not 2-D")
+    w_out, w_in = w_map.at(0), w_map.at(1)
+    _meet(ctx, cmap.at(last), w_in, "the linear input")
+    _claim(ctx, weight, 1, w_in, Role.CONSUMER)
+    _claim(ctx, weight, 0, w_out, Role.PRODUCER)
+    b_atoms = _only(_tensor_map(ctx, bias), 0, "the linear bias") if bias is not None else None
+    if w_out is None:
+        if b_atoms is not None:
+            ctx.pin(b_atoms, "bias of an untracked output")
+        return cmap.without(last)
+    if bias is not None:
+        _meet(ctx, w_out, b_atoms, "the linear bias")
+        _claim(ctx, bias, 0, b_atoms, Role.BIAS)
+    return cmap.without(last).with_block(Block((last,), w_out))
+
+
+@RULES.function(F.batch_norm, F.instance_norm)
+def batch_norm(ctx, node):
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)``: per-channel tensors on dim 1."""
+    x = input_arg(node)
+    cmap = _tensor_map(ctx, x)
+    atoms = _only(cmap, 1, "the normalised input")
+    # F.batch_norm and F.instance_norm take these in the same places.
+    slots = ((1, "running_mean", Role.BUFFER), (2, "running_var", Role.BUFFER), (3, "weight", Role.NORM), (4, "bias", Role.BIAS))
+    for index, name, role in slots:
+        value = arg(node, index, name)
+        if value is None:
+            continue
+        value_atoms = _only(_tensor_map(ctx, value), 0, f"the {name}")
+        _meet(ctx, atoms, value_atoms, f"the {name}")
+        _claim(ctx, value, 0, value_atoms, role)
+    return cmap

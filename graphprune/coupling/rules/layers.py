@@ -1,0 +1,108 @@
+"""Rules for layers that own per-channel parameters: convolutions, linear layers, norms."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from ..channels import Block, ChannelMap, LayoutError
+from ..context import Role
+from ..registry import Registry
+from ._common import input_arg
+
+__all__ = ["RULES"]
+
+RULES = Registry()
+
+
+def _only_dim(cmap: ChannelMap, dim: int, what: str) -> np.ndarray | None:
+    extra = cmap.dims - {dim}
+    if extra:
+        raise LayoutError(f"{what} input carries channels on dims {sorted(extra)} besides its channel dim {dim}")
+    return cmap.at(dim)
+
+
+@RULES.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv(ctx, node):
+    """Consumes the input channels (weight dim 1) and produces new ones (weight dim 0).
+
+    A depthwise conv (groups == in_channels) maps channel c to outputs c*k..c*k+k-1, so
+    it passes its input's channels through. A grouped conv keeps every group equally
+    wide: position i of each group is one channel (its copies in every group are
+    joined), so pruning removes the same positions from every group, and the weight,
+    which holds one in_channels/groups slice shared by all groups, is sliced uniformly.
+    """
+    m = ctx.module(node)
+    x = input_arg(node)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(ctx.shape(x)))
+    cdim = len(ctx.shape(x)) - len(m.kernel_size) - 1  # 1, or 0 for an unbatched input
+    # Channels folded into the batch dim (MViT pools each head as a sample) pass through: the
+    # conv treats samples alone and shares its weight between them.
+    samples = ChannelMap(tuple(b for b in cmap.blocks if max(b.dims) < cdim))
+    in_atoms = _only_dim(ChannelMap(tuple(b for b in cmap.blocks if max(b.dims) >= cdim)), cdim, type(m).__name__)
+    if m.groups == m.in_channels and m.groups > 1:
+        if in_atoms is None:
+            return samples
+        out = np.repeat(in_atoms, m.out_channels // m.in_channels)
+    else:
+        if in_atoms is not None:
+            per_group = in_atoms.reshape(m.groups, -1)
+            for row in per_group[1:]:
+                ctx.join(per_group[0], row)
+            in_atoms = per_group[0]
+        ctx.use_tensor(node.target, "weight", 1, in_atoms, Role.CONSUMER)
+        out = np.tile(ctx.new_channels(m.out_channels // m.groups), m.groups)
+    ctx.use_tensor(node.target, "weight", 0, out, Role.PRODUCER)
+    ctx.use_tensor(node.target, "bias", 0, out, Role.BIAS)
+    return samples.with_block(Block((cdim,), out))
+
+
+@RULES.resizer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def resize_conv(m: nn.Module) -> None:
+    depthwise = m.groups == m.in_channels and m.groups > 1
+    multiplier = m.out_channels // m.in_channels if depthwise else 1
+    m.out_channels = m.weight.shape[0]
+    if depthwise:
+        m.in_channels = m.groups = m.out_channels // multiplier
+    else:
+        m.in_channels = m.weight.shape[1] * m.groups
+
+
+@RULES.module(nn.Linear)
+def linear(ctx, node):
+    """Consumes the last dim (weight dim 1) and produces new features there (weight dim 0)."""
+    m = ctx.module(node)
+    x = input_arg(node)
+    last = len(ctx.shape(x)) - 1
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(last + 1)
+    ctx.use_tensor(node.target, "weight", 1, cmap.at(last), Role.CONSUMER)
+    out = ctx.new_channels(m.out_features)
+    ctx.use_tensor(node.target, "weight", 0, out, Role.PRODUCER)
+    ctx.use_tensor(node.target, "bias", 0, out, Role.BIAS)
+    return cmap.without(last).with_block(Block((last,), out))
+
+
+@RULES.resizer(nn.Linear)
+def resize_linear(m: nn.Linear) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
+@RULES.module(_BatchNorm, nn.SyncBatchNorm, _InstanceNorm)
+def per_channel_norm(ctx, node):
+    """Normalises each channel (dim 1) on its own: passes channels through and slices its tensors."""
+    x = input_arg(node)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(ctx.shape(x)))
+    atoms = _only_dim(cmap, 1, type(ctx.module(node)).__name__)
+    ctx.use_tensor(node.target, "weight", 0, atoms, Role.NORM)
+    ctx.use_tensor(node.target, "bias", 0, atoms, Role.BIAS)
+    ctx.use_tensor(node.target, "running_mean", 0, atoms, Role.BUFFER)
+    ctx.use_tensor(node.target, "running_var", 0, atoms, Role.BUFFER)
+    return cmap
+
+
+@RULES.resizer(_BatchNorm, nn.SyncBatchNorm, _InstanceNorm)
+def resize_per_channel_norm(m: nn.Module) -> None:
+    tensor = m.weight if m.weight is not None else m.running_mean
+    m.num_features = tensor.shape[0]

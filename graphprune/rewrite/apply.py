@@ -1,0 +1,187 @@
+"""Stage 4's verb: apply a plan, emitting a physically smaller model.
+
+Precondition: the plan fits the model (every tensor exists with the recorded shape). Transform:
+slice parameters and buffers, resize their modules, rewrite graph constants. Postcondition:
+``graph.lint()``, shape propagation over the rewritten model, and the model's output shapes
+unchanged. The result records the plans that made it (:mod:`.provenance`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from ..base.checks import check_flag, check_model
+from ..base.errors import InputError, PlanError, RewriteError
+from ..base.running import device_of
+from ..capture.fx import trace_fx
+from ..capture.graph import nodes_by_name, tensor_shapes
+from ..capture.inputs import positional_inputs
+from ..capture.literals import fresh_literals
+from ..capture.shapes import propagate_shapes
+from ..coupling import Registry, Scope, as_scope
+from ..planning import GraphEdit, Plan, TensorEdit, model_signature
+from .provenance import plans_of, record_plan
+
+__all__ = ["apply_plan", "check_plan_fits"]
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(model.named_buffers(remove_duplicate=False))
+    return named
+
+
+def check_plan_fits(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
+    """Raise PlanError unless every tensor the plan slices exists in ``model`` with the planned shape."""
+    check_model(model)
+    if isinstance(plan, str):
+        raise InputError("a Plan is needed, not a string",
+                         hint="load a saved plan with graphprune.Plan.from_json(text) or Plan.load(path)")
+    if not isinstance(plan, Plan):
+        raise InputError(f"expected a graphprune Plan, got {type(plan).__name__}")
+    if plan.model_signature and model_signature(model) != plan.model_signature:
+        raise PlanError(
+            f"this plan was made for a {plan.model} with other parameters than this {type(model).__qualname__}",
+            hint="a plan applies to a fresh copy of the model it was made from (same architecture, not yet shrunk)",
+        )
+    named = _named_tensors(model)
+    for edit in plan.tensors.values():
+        tensor = named.get(edit.name)
+        if tensor is None:
+            raise PlanError(f"the plan slices {edit.name!r}, which {type(model).__name__} does not have",
+                            hint=f"this plan was made for a {plan.model}")
+        if list(tensor.shape) != edit.shape:
+            raise PlanError(f"the plan expects {edit.name} of shape {edit.shape}, the model has {list(tensor.shape)}",
+                            hint=f"this plan was made for a different {plan.model} (or the model was already shrunk)")
+    return named
+
+
+def _sliced(tensor: torch.Tensor, edit: TensorEdit) -> torch.Tensor:
+    out = tensor.detach()
+    for dim, keep in sorted(edit.keep.items()):
+        out = out.index_select(dim, torch.as_tensor(keep, dtype=torch.long, device=out.device))
+    out = out.clone()
+    if isinstance(tensor, nn.Parameter):
+        return nn.Parameter(out, requires_grad=tensor.requires_grad)
+    return out
+
+
+def _set_tensor(root: nn.Module, qualname: str, value: torch.Tensor) -> None:
+    owner_name, _, attr = qualname.rpartition(".")
+    owner = root.get_submodule(owner_name)
+    if attr in owner._parameters:
+        owner._parameters[attr] = value
+    elif attr in owner._buffers:
+        owner._buffers[attr] = value
+    else:
+        raise PlanError(f"{qualname} is neither a parameter nor a buffer")
+
+
+def _resize_modules(root: nn.Module, plan: Plan, registry: Registry) -> None:
+    owners = {alias.rpartition(".")[0] for edit in plan.tensors.values() for alias in edit.aliases or [edit.name]}
+    for name in sorted(owners):
+        module = root.get_submodule(name)
+        resizer = registry.resizer_for(module)
+        if resizer is None:
+            if type(module) is nn.Module or type(module).__module__ == "torch.fx.graph_module":
+                continue  # plain containers and graph modules hold get_attr tensors and have no size attributes
+            if not type(module).__module__.startswith("torch.nn"):
+                continue  # a user module whose tensors are used through the graph; it is traced, not a leaf
+            raise RewriteError(
+                f"no resizer for {type(module).__qualname__} at {name!r}: its tensors were sliced but its size attributes cannot be updated",
+                hint="register one with registry.resizer(YourClass)",
+            )
+        resizer(module)
+
+
+def _get_path(container: Any, path: list[Any]) -> Any:
+    for key in path:
+        container = getattr(container, key) if isinstance(container, slice) else container[key]
+    return container
+
+
+def _apply_graph_edit(nodes: dict[str, torch.fx.Node], edit: GraphEdit) -> None:
+    node = nodes.get(edit.node)
+    if node is None:
+        raise PlanError(f"the plan rewrites node {edit.node!r}, which the traced model does not have")
+    head, *rest = edit.path
+    top = node.kwargs if isinstance(head, str) else node.args
+    if _get_path(top, [head, *rest]) != edit.old:
+        raise PlanError(f"node {edit.node!r} argument {edit.path} is not {edit.old}: the plan was made for another model", node=node)
+
+    def replaced(value: Any, keys: list[Any]) -> Any:
+        if not keys:
+            return edit.new
+        if isinstance(value, slice):  # a slice bound (x[:, a:b]): path ends in "start" or "stop"
+            bounds = {"start": value.start, "stop": value.stop, "step": value.step, keys[0]: edit.new}
+            return slice(bounds["start"], bounds["stop"], bounds["step"])
+        items = list(value) if not isinstance(value, dict) else dict(value)
+        items[keys[0]] = replaced(value[keys[0]], keys[1:])
+        return type(value)(items) if not isinstance(value, dict) else items
+
+    if isinstance(head, str):
+        node.kwargs = {**node.kwargs, head: replaced(node.kwargs[head], rest)}
+    else:
+        node.args = replaced(node.args, [head, *rest])
+
+
+def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scope: Scope | None = None,
+               inplace: bool = False) -> nn.Module:
+    """Return the shrunk model described by ``plan`` (a copy, unless ``inplace``), checked and carrying its plans.
+
+    ``scope.rules`` supplies the resizers of custom modules; ``example_inputs`` (default: inputs of the
+    plan's recorded shapes) are what the postcondition runs.
+    """
+    named = check_plan_fits(model, plan)
+    check_flag(inplace, "inplace")
+    scope = as_scope(scope)
+    scope.ignored_names(model)  # a name that is not a submodule is a mistake here too, not silently ignored
+    registry = scope.registry
+    previous = plans_of(model)
+    inputs = example_inputs if example_inputs is not None else plan.example_inputs(device_of(model))
+    if inputs is None:
+        raise InputError("the plan does not record every example input (one is neither a tensor nor a constant), "
+                         "so the rewrite cannot be checked", hint="pass example_inputs= as when the plan was made")
+    new_tensors = {edit.name: _sliced(named[edit.name], edit) for edit in plan.tensors.values()}
+    if inplace:
+        target = model
+        for edit in plan.tensors.values():
+            for alias in edit.aliases or [edit.name]:
+                _set_tensor(target, alias, new_tensors[edit.name])
+    else:
+        # Seeding deepcopy's memo with the sliced tensors skips copying the full-size originals.
+        memo = {id(named[name]): tensor for name, tensor in new_tensors.items()}
+        target = copy.deepcopy(model, memo)
+    _resize_modules(target, plan, registry)
+
+    if plan.graph_edits:
+        gm = trace_fx(target, plan.leaf_modules)
+        nodes = nodes_by_name(gm)
+        for edit in plan.graph_edits:
+            _apply_graph_edit(nodes, edit)
+        fresh_literals(gm.graph)  # torch.export interprets a GraphModule: calls must not get the graph's own lists
+        gm.graph.lint()
+        gm.recompile()
+        result: nn.Module = gm
+    else:
+        result = target
+    _postcondition(result, plan, inputs)
+    record_plan(result, plan, previous=previous)
+    return result
+
+
+def _postcondition(result: nn.Module, plan: Plan, example_inputs: Any) -> None:
+    traced = result if isinstance(result, torch.fx.GraphModule) else trace_fx(result, plan.leaf_modules)
+    try:
+        outputs = propagate_shapes(traced, positional_inputs(result, traced, example_inputs))
+    except InputError as exc:
+        raise RewriteError(f"the rewritten model does not run: {exc}", hint="this is a graphprune bug; please report it with the model") from exc
+    shapes = tensor_shapes(outputs)
+    if shapes != plan.output_shapes:
+        raise RewriteError(f"the rewritten model's outputs have shapes {shapes}, expected {plan.output_shapes}",
+                           hint="this is a graphprune bug; please report it with the model")
