@@ -131,6 +131,19 @@ def test_params_and_latency_budgets(tmp_path, monkeypatch):
     assert info.value.code == 2
 
 
+def test_round_to_auto_rounds_for_the_device_and_dtype_given(tmp_path):
+    """The issue's bug: `--macs 0.5 --round-to auto --device cuda --dtype bfloat16` rounded for the CPU, since the
+    hardware reached the planner only with --latency. A MACs budget needs no GPU to plan for one."""
+    out = tmp_path / "h200"
+    assert main(["shrink", "tests.models:OldVGG", "--macs", "0.5", "--round-to", "auto", "--device", "cuda",
+                 "--dtype", "bfloat16", "--input-shape", "1,3,16,16", "-o", str(out)]) == 0
+    record = graphprune.plans_of(graphprune.load(out))[-1].budget
+    assert record.round_to == 8  # tensor-core tiles for bf16 on CUDA, whatever this machine's SIMD width
+    small = graphprune.load(out)
+    widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)] + [small.classifier[0].out_features]
+    assert all(w % 8 == 0 for w in widths) and widths != [16, 32, 64], widths
+
+
 def test_usage_errors_and_help(capsys):
     with pytest.raises(SystemExit) as info:
         main(["shrink", "torchvision:resnet18", "--ratio", "0.5", "--input-shape", "1,3,a", "-o", "x"])
