@@ -30,7 +30,7 @@ from torch import nn
 from .base.checks import check_flag, check_model
 from .base.errors import InexactWarning, InputError
 from .base.running import call_model, eval_mode
-from .capture import capture
+from .capture import capture, source_lines
 from .coupling import Coupling, Scope, as_scope
 from .coupling import couple as couple_captured
 from .measure import Hardware, as_hardware
@@ -47,7 +47,8 @@ def couple(model: nn.Module, *, example_inputs: Any = None, scope: Scope | None 
     inputs and the scope, so :func:`plan` can take it instead of the model."""
     check_model(model)
     scope = as_scope(scope)
-    return couple_captured(capture(model, example_inputs, leaf_modules=scope.leaf_modules), scope)
+    with source_lines():
+        return couple_captured(capture(model, example_inputs, leaf_modules=scope.leaf_modules), scope)
 
 
 def plan(model: nn.Module | Coupling, budget: float | Budget, *, example_inputs: Any = None,
@@ -74,7 +75,8 @@ def plan(model: nn.Module | Coupling, budget: float | Budget, *, example_inputs:
     budget, hardware = as_budget(budget), as_hardware(hardware)
     measure = measurement_for(coupling, budget, hardware,
                               lambda candidate: apply_plan(coupling.model, candidate, scope=coupling.scope))
-    result = plan_coupling(coupling, budget, importance, hardware=hardware, measure=measure)
+    with source_lines():
+        result = plan_coupling(coupling, budget, importance, hardware=hardware, measure=measure)
     if result.inexact:
         warnings.warn(
             f"this plan is approximate: {len(result.inexact)} normalisation(s) run over removed channels "
@@ -94,7 +96,8 @@ def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scope: Sc
     modules. The result records the plans that made it (:func:`graphprune.plans_of`), which is how
     :func:`graphprune.save` finds them.
     """
-    return apply_plan(model, plan, example_inputs=example_inputs, scope=scope, inplace=inplace)
+    with source_lines():
+        return apply_plan(model, plan, example_inputs=example_inputs, scope=scope, inplace=inplace)
 
 
 def shrink(model: nn.Module, budget: float | Budget, *, example_inputs: Any = None, importance: str | Importance = "l2",
@@ -103,8 +106,12 @@ def shrink(model: nn.Module, budget: float | Budget, *, example_inputs: Any = No
     group's channels; ``shrink(model, Budget(macs=0.5))`` keeps half the MACs. ``apply(model, plan(model, ...))``
     in one step; the original is untouched unless ``inplace``."""
     check_flag(inplace, "inplace")  # before the planning work, not after it
-    the_plan = plan(model, budget, example_inputs=example_inputs, importance=importance, scope=scope, hardware=hardware)
-    return apply_plan(model, the_plan, example_inputs=example_inputs, scope=scope, inplace=inplace)
+    coupling = couple(model, example_inputs=example_inputs, scope=scope)
+    the_plan = plan(coupling, budget, importance=importance, hardware=hardware)
+    # Traced once: the rewrite edits a copy of the graph the plan was made on.
+    with source_lines():
+        return apply_plan(model, the_plan, example_inputs=coupling.example_args, scope=scope, inplace=inplace,
+                          graph=coupling.gm.graph)
 
 
 def capture_inputs(model: nn.Module, name: str, model_inputs: Any) -> tuple[Any, ...] | dict[str, Any]:

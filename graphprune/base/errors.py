@@ -49,14 +49,22 @@ class GraphPruneError(Exception):
     """Base class of every error graphprune raises on purpose."""
 
     def __init__(self, message: str, *, node: torch.fx.Node | None = None, hint: str | None = None):
+        self.message = message
         self.node = node
         self.hint = hint
-        parts = [message]
-        if node is not None:
-            parts.append(describe_node(node))
-        if hint:
-            parts.append(f"hint: {hint}")
-        super().__init__("\n".join(parts))
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        parts = [self.message]
+        if self.node is not None:
+            parts.append(describe_node(self.node))
+        if self.hint:
+            parts.append(f"hint: {self.hint}")
+        return "\n".join(parts)
+
+    def refresh(self) -> None:
+        """Render the message again: its node has learnt its source line since it was raised."""
+        self.args = (self._render(),)
 
 
 class InputError(GraphPruneError, ValueError):

@@ -6,5 +6,6 @@ Imports only :mod:`graphprune.base`.
 """
 
 from .captured import Captured, capture
+from .fx import source_lines
 
-__all__ = ["Captured", "capture"]
+__all__ = ["Captured", "capture", "source_lines"]

@@ -37,7 +37,9 @@ class Captured:
 
 
 def capture(model: nn.Module, example_inputs: Any = None, *, leaf_modules: Iterable[str] = ()) -> Captured:
-    """Trace ``model`` and propagate the shapes of ``example_inputs`` (default: a 224x224 image) through it."""
+    """Trace ``model`` and propagate the shapes of ``example_inputs`` (default: a 224x224 image) through it.
+
+    The nodes do not record source lines (an error finds its node's: :func:`graphprune.capture.source_lines`)."""
     leaf_modules = tuple(leaf_modules)
     gm = trace_fx(model, leaf_modules)
     args = positional_inputs(model, gm, example_inputs)

@@ -7,23 +7,24 @@ user's subclasses of them that keep their forward, and any submodule named in ``
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.fx
 from torch import nn
 
 from ..base.checks import check_model
-from ..base.errors import InputError, TraceError
+from ..base.errors import GraphPruneError, InputError, TraceError
 
-__all__ = ["trace_fx"]
+__all__ = ["trace_fx", "add_source_lines", "source_lines"]
 
 
 class _Tracer(torch.fx.Tracer):
-    def __init__(self, leaf_modules: Iterable[str]):
+    def __init__(self, leaf_modules: Iterable[str], stack_traces: bool):
         super().__init__()
-        self.record_stack_traces = True
+        self.record_stack_traces = stack_traces
         self._extra_leaves = frozenset(leaf_modules)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -52,8 +53,12 @@ def _user_frame(exc: BaseException) -> str:
     return f'\nsource: File "{frame.filename}", line {frame.lineno}, in {frame.name}\n    {frame.line}'
 
 
-def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = ()) -> torch.fx.GraphModule:
+def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = (), *, stack_traces: bool = False) -> torch.fx.GraphModule:
     """Symbolically trace ``model``; raises :class:`TraceError` naming the submodule and source line that failed.
+
+    Without ``stack_traces`` the nodes do not record the user's source lines, which halves the time of a
+    trace; :func:`add_source_lines` finds a node's line when an error needs it. The graph module records
+    what it traced (``gm.meta["graphprune.traced"]``) for that.
 
     >>> import torchvision
     >>> gm = trace_fx(torchvision.models.resnet18())
@@ -66,7 +71,7 @@ def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = ()) -> torch.fx.Gra
     missing = [name for name in leaf_modules if name not in names]
     if missing:
         raise InputError(f"leaf_modules names {missing}, which are not submodules of {type(model).__name__}")
-    tracer = _Tracer(leaf_modules)
+    tracer = _Tracer(leaf_modules, stack_traces)
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # FX raises TraceError, TypeError, NotImplementedError...
@@ -85,4 +90,40 @@ def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = ()) -> torch.fx.Gra
             f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}{_user_frame(exc)}",
             hint=hint,
         ) from exc
-    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta[_TRACED] = (model, leaf_modules)
+    return gm
+
+
+_TRACED = "graphprune.traced"
+
+
+def add_source_lines(node: torch.fx.Node) -> bool:
+    """Give ``node`` the user's source line by tracing its model again with stack traces; True if it has one.
+
+    Errors are rare and traces without stack traces twice as fast, so the line is looked up only when an
+    error names the node.
+    """
+    if node.stack_trace:
+        return True
+    owner = node.graph.owning_module
+    traced = getattr(owner, "meta", {}).get(_TRACED) if owner is not None else None
+    if traced is None:
+        return False
+    again = trace_fx(*traced, stack_traces=True)
+    lines = {n.name: n.stack_trace for n in again.graph.nodes}
+    for n in node.graph.nodes:
+        if n.stack_trace is None and lines.get(n.name):
+            n.stack_trace = lines[n.name]
+    return bool(node.stack_trace)
+
+
+@contextlib.contextmanager
+def source_lines() -> Iterator[None]:
+    """Errors raised inside that name an FX node name the user's source line too (see :func:`add_source_lines`)."""
+    try:
+        yield
+    except GraphPruneError as exc:
+        if exc.node is not None and not exc.node.stack_trace and add_source_lines(exc.node):
+            exc.refresh()
+        raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch.fx
+from torch.fx.passes.shape_prop import TensorMetadata
 
 __all__ = ["nodes_by_name", "output_shapes", "tensor_shapes"]
 
@@ -28,14 +29,20 @@ def tensor_shapes(value: Any) -> list[list[int]]:
 
 
 def output_shapes(gm: torch.fx.GraphModule) -> list[list[int]]:
-    """The propagated shape of every tensor the graph returns, in order."""
+    """The propagated shape of every tensor the graph returns, in order (tensors inside a node's tuple
+    output too, as a run of the model returns them)."""
     out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
     shapes: list[list[int]] = []
 
-    def add(n: Any) -> None:
-        meta = n.meta.get("tensor_meta") if isinstance(n, torch.fx.Node) else None
-        if hasattr(meta, "shape"):
+    def add(meta: Any) -> None:
+        if isinstance(meta, TensorMetadata):
             shapes.append(list(meta.shape))
+        elif isinstance(meta, (list, tuple)):
+            for m in meta:
+                add(m)
+        elif isinstance(meta, dict):
+            for m in meta.values():
+                add(m)
 
-    torch.fx.node.map_aggregate(out.args[0], add)
+    torch.fx.node.map_aggregate(out.args[0], lambda n: add(n.meta.get("tensor_meta")) if isinstance(n, torch.fx.Node) else None)
     return shapes

@@ -1,56 +1,82 @@
-"""Shapes on every node of a captured graph, without real arithmetic.
+"""Shapes on every node of a captured graph, without real arithmetic and without copying the model.
 
-Shapes are propagated with :class:`torch.fx.passes.shape_prop.ShapeProp` under a
-``FakeTensorMode``: no real arithmetic runs, the user's model is never touched (BatchNorm
-running statistics in train mode stay as they are), and a large model costs milliseconds
-rather than a real forward pass. Only when a node's shape depends on data (an opaque leaf
-module that branches on values) does it fall back to a real forward pass, through a copy in
-eval mode. Each node gets ``node.meta["tensor_meta"]``.
+Shapes are propagated by running the graph on stand-ins for its tensors, cheapest first:
+
+1. **meta tensors** (shape, dtype and strides, no storage): each module call runs the module's own forward
+   through ``torch.func.functional_call`` with meta stand-ins for its parameters and buffers, so nothing
+   of the model is copied and a large model costs about as much as a small one;
+2. **fake tensors** (``FakeTensorMode``), where meta tensors cannot run a node: code that builds a CPU tensor
+   and mixes it with the model's (``torch.arange(n) + x``), or a kernel with no meta implementation;
+3. **a real forward pass**, through a copy of the model in eval mode, only when a node's output shape depends
+   on data (an opaque leaf module with an ``if`` on values).
+
+The user's model is never modified: its training flags are set to eval while shapes run (BatchNorm would
+refuse one value per channel in train mode) and restored, and its tensors are only read. Each node gets
+``node.meta["tensor_meta"]`` as ``torch.fx.passes.shape_prop.ShapeProp`` would give it.
+
+>>> import torch
+>>> gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten()))
+>>> out = propagate_shapes(gm, (torch.randn(2, 3, 5, 5),))
+>>> out.device, [n.meta["tensor_meta"].shape for n in gm.graph.nodes if n.op == "call_module"]
+(device(type='meta'), [torch.Size([2, 8, 3, 3]), torch.Size([2, 72])])
+>>> [t.shape for t in run_shapes(torch.nn.Linear(4, 2), (torch.randn(3, 4),))]
+[torch.Size([3, 2])]
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.fx
+import torch.utils._pytree as pytree
+from torch import nn
 from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
     DynamicOutputShapeException,
     FakeTensorMode,
     UnsupportedOperatorException,
 )
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.func import functional_call
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ..base.errors import InputError
+from ..base.running import call_model, eval_mode
+from .shortcuts import KnownShapes, known_call, known_module_call
 
-__all__ = ["propagate_shapes"]
+__all__ = ["propagate_shapes", "run_shapes"]
+
+# What fake tensors cannot do: an output whose shape depends on the values.
+_DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
+
+Convert = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _on_meta(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
 
 
 def propagate_shapes(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> Any:
-    """Run ShapeProp with fake tensors; returns the (fake) outputs. Raises InputError naming the failing node."""
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    prop = _QuietShapeProp(gm, fake_mode)
-    # Shapes do not depend on the mode, but train-mode checks (BatchNorm on one value per channel) and
-    # dropout would; the fake copy is ours to change.
-    prop.fake_module.eval()
+    """Annotate every node of ``gm`` with ``tensor_meta`` for these positional ``args``; returns the outputs
+    (stand-ins). Raises :class:`InputError` naming the node where the inputs do not fit the model."""
     try:
-        # ShapeProp prints the traceback of a failing node itself; we raise a better error instead.
-        with contextlib.redirect_stderr(io.StringIO()):
-            try:
-                return prop.propagate(*args)
-            except _NodeFailure as failure:
-                if not isinstance(failure.cause, _FAKE_LIMITS):
-                    raise
-            # A node whose output shape depends on data (an opaque leaf module with an `if` on values):
-            # fake tensors cannot run it, so propagate real ones, through a copy in eval mode.
-            real = _QuietShapeProp(gm)
-            real.fake_module = copy.deepcopy(gm).eval()  # ShapeProp runs this one, annotates gm's nodes
-            with torch.no_grad():
-                return real.propagate(*args)
+        with torch.no_grad(), eval_mode(gm):
+            return _ShapeInterpreter(gm, _on_meta).run(*args)
+    except _NodeFailure:
+        pass  # meta tensors could not run a node: fake tensors can, or say why
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    try:
+        try:
+            with torch.no_grad(), eval_mode(gm), mode:
+                return _ShapeInterpreter(gm, lambda t: mode.from_tensor(t, static_shapes=True)).run(*args)
+        except _NodeFailure as failure:
+            if not isinstance(failure.cause, _DATA_DEPENDENT):
+                raise
+        # A shape that depends on data: real values, through a copy (its forward may write to its buffers).
+        with torch.no_grad():
+            return _ShapeInterpreter(gm, None, source=copy.deepcopy(gm).eval()).run(*args)
     except _NodeFailure as failure:
         raise InputError(
             f"the example inputs do not fit the model: {type(failure.cause).__name__}: {failure.cause}",
@@ -59,7 +85,55 @@ def propagate_shapes(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> Any:
         ) from failure.cause
 
 
-_FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
+def run_shapes(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
+    """The output tensors (stand-ins, in order) of ``model``'s own forward on ``inputs``, run as
+    :func:`propagate_shapes` runs a graph: on meta tensors, else fake ones, else for real (no grad, eval mode).
+    Raises the model's own error when none can run it."""
+    def outputs(convert: Convert | None, source: nn.Module) -> list[torch.Tensor]:
+        state = {} if convert is None else _state(source, convert, {})
+        stand_ins = inputs if convert is None else pytree.tree_map_only(torch.Tensor, convert, inputs)
+        with torch.no_grad(), eval_mode(source):
+            result = functional_call(source, state, _as_args(stand_ins), _as_kwargs(stand_ins)) if state else \
+                call_model(source, stand_ins)
+        return [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
+
+    try:
+        with KnownShapes():
+            return outputs(_on_meta, model)
+    except Exception:  # noqa: BLE001 - meta tensors cannot run everything; fake tensors say why if they cannot either
+        pass
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    try:
+        with mode:
+            return outputs(lambda t: mode.from_tensor(t, static_shapes=True), model)
+    except _DATA_DEPENDENT:
+        return outputs(None, copy.deepcopy(model))
+
+
+def _as_args(inputs: Any) -> tuple[Any, ...]:
+    if isinstance(inputs, dict):
+        return ()
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def _as_kwargs(inputs: Any) -> dict[str, Any]:
+    return dict(inputs) if isinstance(inputs, dict) else {}
+
+
+def _state(module: nn.Module, convert: Convert, cache: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A stand-in for every parameter and buffer of ``module`` by name (tied tensors share one)."""
+    if not module._modules:  # a leaf layer: its own tables, without walking a tree
+        named = [*module._parameters.items(), *module._buffers.items()]
+    else:
+        named = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    return {name: _stand_in(t, convert, cache) for name, t in named if t is not None}
+
+
+def _stand_in(t: torch.Tensor, convert: Convert, cache: dict[int, torch.Tensor]) -> torch.Tensor:
+    out = cache.get(id(t))
+    if out is None:
+        out = cache[id(t)] = convert(t)
+    return out
 
 
 class _NodeFailure(Exception):
@@ -68,14 +142,61 @@ class _NodeFailure(Exception):
         self.node, self.cause = node, cause
 
 
-class _QuietShapeProp(ShapeProp):
+class _ShapeInterpreter(torch.fx.Interpreter):
+    """Runs ``gm``'s graph on stand-ins made by ``convert`` (None: on real values, fetched from ``source``) and
+    annotates each node with the metadata of what it produced."""
+
+    def __init__(self, gm: torch.fx.GraphModule, convert: Convert | None, source: nn.Module | None = None):
+        super().__init__(gm)
+        self.convert = convert
+        self.source = source if source is not None else gm
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def _abstract(self, value: Any) -> Any:
+        if self.convert is None:
+            return value
+        return pytree.tree_map_only(torch.Tensor, lambda t: _stand_in(t, self.convert, self.cache), value)
+
     def run_node(self, n: torch.fx.Node) -> Any:
         try:
-            return super().run_node(n)
-        except Exception as exc:
+            result = super().run_node(n)
+        except Exception as exc:  # noqa: BLE001 - reported with the node, or retried with other stand-ins
             raise _NodeFailure(n, exc.__cause__ or exc) from exc
+        found = False
+
+        def describe(obj: Any) -> Any:
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        meta = torch.fx.node.map_aggregate(result, describe)
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
+
+    def placeholder(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        return self._abstract(super().placeholder(target, args, kwargs))
+
+    def get_attr(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        obj = self.source
+        for part in str(target).split("."):
+            obj = getattr(obj, part)
+        return self._abstract(obj)
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        module = self.source.get_submodule(target)
+        if self.convert is None:
+            return module(*args, **kwargs)
+        if self.convert is _on_meta and (answer := known_module_call(module, args, kwargs)) is not None:
+            return answer
+        return functional_call(module, _state(module, self.convert, self.cache), tuple(args), dict(kwargs))
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if self.convert is _on_meta and (answer := known_call(target, args, kwargs)) is not None:
+            return answer
         # Generated code passes fresh list literals; the interpreter passes the node's immutable lists,
         # which a wrapped function that edits its argument in place (video Swin's window sizes) cannot take.
         return super().call_function(target, _mutable(args), _mutable(kwargs))

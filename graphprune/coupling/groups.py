@@ -1,8 +1,8 @@
 """Channels and groups: what the join graph of atoms says must be removed together.
 
-Channels are the connected components of the join graph over atoms; *groups* are the
-connected components over the layers that produce them: a group's channels are removed by
-one decision. Both use networkx.
+Channels are the connected components of the join graph over atoms (union-find in numpy: there is
+one node per atom); *groups* are the connected components over the layers that produce them (a
+networkx graph, drawn by ``graphprune inspect --dot``): a group's channels are removed by one decision.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from .context import Role, RuleContext, TensorUse
 
-__all__ = ["GroupMember", "ChannelGroup", "form_groups"]
+__all__ = ["GroupMember", "ChannelGroup", "form_groups", "smallest_in_component"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,10 +69,37 @@ class ChannelGroup:
         rank[ranked] = np.arange(len(ranked))
         kept = set()
         for member in self.members:
-            channels = np.unique(member.channels)
+            channels = member.channels
             if not self.pinned[channels].any():
                 kept.add(int(channels[np.argmax(rank[channels])]))
         return ranked[~np.isin(ranked, sorted(kept))]
+
+
+def smallest_in_component(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each of ``n`` nodes joined pairwise by the edges ``a[i] -- b[i]``, the smallest node of its connected
+    component.
+
+    The join graph has one node per atom (tens of thousands), so this is union-find in numpy rather than a
+    networkx graph of Python objects: every root hooks onto the smallest root it is joined to, then pointers
+    jump to their roots, until every edge joins one root.
+
+    >>> smallest_in_component(6, np.array([4, 1, 2]), np.array([2, 5, 5])).tolist()
+    [0, 1, 1, 3, 1, 1]
+    """
+    label = np.arange(n, dtype=np.int64)
+    while a.size:
+        la, lb = label[a], label[b]
+        if np.array_equal(la, lb):
+            break
+        low = np.minimum(la, lb)
+        np.minimum.at(label, la, low)
+        np.minimum.at(label, lb, low)
+        while True:  # pointer jumping: every node to its root
+            jumped = label[label]
+            if np.array_equal(jumped, label):
+                break
+            label = jumped
+    return label
 
 
 def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Graph]:
@@ -83,14 +110,8 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
     """
     n = ctx.n_atoms
     # Channels: connected components of the atom join graph.
-    atom_graph = nx.Graph()
-    for a, b in ctx.joins:
-        atom_graph.add_edges_from(zip(a.tolist(), b.tolist()))
-    label = np.arange(n, dtype=np.int64)
-    for component in nx.connected_components(atom_graph):
-        ids = np.fromiter(component, dtype=np.int64)
-        label[ids] = ids.min()
-    _, channel_of_atom = np.unique(label, return_inverse=True)
+    joined = [np.concatenate(side) for side in zip(*ctx.joins)] if ctx.joins else [np.zeros(0, np.int64)] * 2
+    _, channel_of_atom = np.unique(smallest_in_component(n, *joined), return_inverse=True)
     n_channels = int(channel_of_atom.max()) + 1 if n else 0
 
     # Groups: connected components of the layers (spaces) whose atoms are joined.
@@ -99,9 +120,10 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
     space_graph = nx.Graph()
     for i, s in enumerate(ctx.spaces):
         space_graph.add_node(i, node=s.node, size=s.size)
-    for a, b in ctx.joins:
-        pairs = np.unique(np.stack([space_of_atom[a], space_of_atom[b]], axis=1), axis=0)
-        space_graph.add_edges_from((int(x), int(y)) for x, y in pairs if x != y)
+    from_space, to_space = space_of_atom[joined[0]], space_of_atom[joined[1]]
+    across = from_space != to_space
+    pairs = np.unique(np.stack([from_space[across], to_space[across]], axis=1), axis=0)
+    space_graph.add_edges_from(pairs.tolist())
     group_of_space = np.empty(len(ctx.spaces), dtype=np.int64)
     components = sorted((sorted(c) for c in nx.connected_components(space_graph)), key=lambda c: c[0])
     for g, spaces in enumerate(components):

@@ -25,6 +25,7 @@ returns a plain scorer. Any ``callable(group, tensors) -> scores`` works too.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Importance", "Criterion", "Magnitude", "BNScale", "FPGM", "Taylor", "Activation", "Random",
-    "l1", "l2", "resolve_importance", "bind_importance", "IMPORTANCE_NAMES", "REDUCTIONS", "NORMALIZERS",
+    "l1", "l2", "slice_norms", "resolve_importance", "bind_importance", "IMPORTANCE_NAMES", "REDUCTIONS", "NORMALIZERS",
 ]
 
 Importance = Callable[[ChannelGroup, Mapping[str, torch.Tensor]], np.ndarray]
@@ -125,6 +126,35 @@ def _per_channel(member: GroupMember, per_position: np.ndarray, size: int, combi
     return out, counts > 0
 
 
+def slice_norms(tensor: torch.Tensor, dim: int, p: int = 2, *, chunk: int = 1 << 22) -> np.ndarray:
+    """The Lp norm of each slice of ``tensor`` along ``dim`` (over every other dim), in float64.
+
+    The tensor is viewed as (before, dim, after) and reduced over ``after`` first, the contiguous
+    dims, then over ``before`` by a matrix product, a chunk of at most ``chunk`` entries at a time. A
+    reduction straight over the leading dims (a classifier's input columns) is twenty times slower,
+    and converting the whole tensor to float32 at once would copy a large weight.
+
+    >>> w = torch.tensor([[3.0, 1.0], [4.0, 0.0]])
+    >>> slice_norms(w, 0).round(4).tolist(), slice_norms(w, 1).tolist(), slice_norms(w, 1, p=1).tolist()
+    ([3.1623, 4.0], [5.0, 1.0], [7.0, 1.0])
+    """
+    t = tensor.detach()
+    if t.ndim == 0:
+        t = t.reshape(1)
+    n = t.shape[dim]
+    before, after = math.prod(t.shape[:dim]), math.prod(t.shape[dim + 1:])
+    t3 = t.reshape(before, n, after)
+    if before == 1:  # a producer's rows: one contiguous reduction
+        return torch.linalg.vector_norm(t3[0].float(), ord=p, dim=1).double().cpu().numpy()
+    rows = max(1, chunk // max(n * after, 1))
+    total = torch.zeros(n, dtype=torch.float64, device=t.device)
+    for start in range(0, before, rows):
+        part = t3[start:start + rows].float()
+        inner = torch.linalg.vector_norm(part, ord=p, dim=2) if after > 1 else part[..., 0].abs()
+        total += (torch.ones(1, inner.shape[0], device=t.device) @ inner.pow(p))[0].double()
+    return (total ** (1.0 / p)).cpu().numpy()
+
+
 def _slices(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     """The tensor as rows along ``dim``: one flattened slice per position."""
     t = tensor.detach().float()
@@ -149,11 +179,7 @@ class Magnitude(Criterion):
         for member in group.members:
             if member.use.role not in Role.WEIGHTS:
                 continue
-            tensor = tensors[member.use.tensor].detach()
-            others = [d for d in range(tensor.ndim) if d != member.use.dim]
-            # One fused reduction over the other dims: no copy of a large (classifier) weight.
-            norms = torch.linalg.vector_norm(tensor.float(), ord=self.p, dim=others) if others else tensor.float().abs()
-            powered = norms.double().cpu().numpy() ** self.p
+            powered = slice_norms(tensors[member.use.tensor], member.use.dim, self.p) ** self.p
             summed, covered = _per_channel(member, powered, group.size, "sum")
             rows.append((summed ** (1.0 / self.p), covered))
         return rows

@@ -8,7 +8,6 @@ unchanged. The result records the plans that made it (:mod:`.provenance`).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -19,12 +18,12 @@ from ..base.checks import check_flag, check_model
 from ..base.errors import InputError, PlanError, RewriteError
 from ..base.running import device_of
 from ..capture.fx import trace_fx
-from ..capture.graph import nodes_by_name, tensor_shapes
-from ..capture.inputs import positional_inputs
+from ..capture.graph import nodes_by_name
 from ..capture.literals import fresh_literals
-from ..capture.shapes import propagate_shapes
+from ..capture.shapes import run_shapes
 from ..coupling import Registry, Scope, as_scope
 from ..planning import GraphEdit, Plan, TensorEdit, model_signature
+from .clone import clone_model
 from .provenance import plans_of, record_plan
 
 __all__ = ["apply_plan", "check_plan_fits"]
@@ -62,10 +61,12 @@ def check_plan_fits(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
 
 
 def _sliced(tensor: torch.Tensor, edit: TensorEdit) -> torch.Tensor:
+    """A new tensor of the kept entries (index_select copies: nothing is shared with the original)."""
     out = tensor.detach()
     for dim, keep in sorted(edit.keep.items()):
         out = out.index_select(dim, torch.as_tensor(keep, dtype=torch.long, device=out.device))
-    out = out.clone()
+    if not edit.keep:
+        out = out.clone()
     if isinstance(tensor, nn.Parameter):
         return nn.Parameter(out, requires_grad=tensor.requires_grad)
     return out
@@ -131,11 +132,12 @@ def _apply_graph_edit(nodes: dict[str, torch.fx.Node], edit: GraphEdit) -> None:
 
 
 def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scope: Scope | None = None,
-               inplace: bool = False) -> nn.Module:
+               inplace: bool = False, graph: torch.fx.Graph | None = None) -> nn.Module:
     """Return the shrunk model described by ``plan`` (a copy, unless ``inplace``), checked and carrying its plans.
 
     ``scope.rules`` supplies the resizers of custom modules; ``example_inputs`` (default: inputs of the
-    plan's recorded shapes) are what the postcondition runs.
+    plan's recorded shapes) are what the postcondition runs. ``graph`` is the graph the plan was made on,
+    when the caller has it: a plan with graph edits then rewrites a copy of it instead of tracing the model again.
     """
     named = check_plan_fits(model, plan)
     check_flag(inplace, "inplace")
@@ -154,34 +156,45 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scop
             for alias in edit.aliases or [edit.name]:
                 _set_tensor(target, alias, new_tensors[edit.name])
     else:
-        # Seeding deepcopy's memo with the sliced tensors skips copying the full-size originals.
+        # Seeding the copy's memo with the sliced tensors skips copying the full-size originals.
         memo = {id(named[name]): tensor for name, tensor in new_tensors.items()}
-        target = copy.deepcopy(model, memo)
-    _resize_modules(target, plan, registry)
-
+        target = clone_model(model, memo)
+    # The graph is the plan's own, traced before any module is resized: a forward that reads a size attribute
+    # (split(y, (self.a.out_channels, ...))) records the dense value, which is what the plan's edit rewrites.
+    gm = None
     if plan.graph_edits:
-        gm = trace_fx(target, plan.leaf_modules)
+        gm = _graph_module(target, graph) if graph is not None else trace_fx(target, plan.leaf_modules)
+    _resize_modules(target, plan, registry)
+    if gm is not None:
         nodes = nodes_by_name(gm)
         for edit in plan.graph_edits:
             _apply_graph_edit(nodes, edit)
         fresh_literals(gm.graph)  # torch.export interprets a GraphModule: calls must not get the graph's own lists
         gm.graph.lint()
         gm.recompile()
-        result: nn.Module = gm
-    else:
-        result = target
+    result: nn.Module = gm if gm is not None else target
     _postcondition(result, plan, inputs)
     record_plan(result, plan, previous=previous)
     return result
 
 
+def _graph_module(root: nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
+    """A graph module over ``root``'s submodules running a copy of ``graph`` (same node names, no analyses)."""
+    copied = torch.fx.Graph()
+    remap: dict[torch.fx.Node, torch.fx.Node] = {}
+    for node in graph.nodes:
+        remap[node] = copied.node_copy(node, lambda n: remap[n])
+        remap[node].meta = {k: v for k, v in node.meta.items() if k == "stack_trace"}
+    return torch.fx.GraphModule(root, copied, type(root).__name__)
+
+
 def _postcondition(result: nn.Module, plan: Plan, example_inputs: Any) -> None:
-    traced = result if isinstance(result, torch.fx.GraphModule) else trace_fx(result, plan.leaf_modules)
+    """The rewritten model's own forward runs (on shape-only stand-ins) and returns the planned output shapes."""
     try:
-        outputs = propagate_shapes(traced, positional_inputs(result, traced, example_inputs))
-    except InputError as exc:
-        raise RewriteError(f"the rewritten model does not run: {exc}", hint="this is a graphprune bug; please report it with the model") from exc
-    shapes = tensor_shapes(outputs)
+        shapes = [list(t.shape) for t in run_shapes(result, example_inputs)]
+    except Exception as exc:  # noqa: BLE001 - whatever the forward raised, the rewrite broke it
+        raise RewriteError(f"the rewritten model does not run: {type(exc).__name__}: {exc}",
+                           hint="this is a graphprune bug; please report it with the model") from exc
     if shapes != plan.output_shapes:
         raise RewriteError(f"the rewritten model's outputs have shapes {shapes}, expected {plan.output_shapes}",
                            hint="this is a graphprune bug; please report it with the model")

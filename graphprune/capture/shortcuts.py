@@ -1,0 +1,124 @@
+"""Known shapes: calls whose result is shaped like their input, answered on meta tensors without running them.
+
+Shape propagation (:mod:`.shapes`) runs a graph on meta tensors. Most ops have C++ meta kernels,
+but some common ones are Python decompositions: a BatchNorm costs 1.5 ms on meta tensors, and a
+MobileNet's worth of them was most of its propagation. Their answer is known (a tensor like the
+input) once a cheap check says the call would succeed: the norms' parameters match the input's
+channels and dtype. Anything else runs as usual.
+
+>>> x = torch.empty(2, 8, 4, 4, device="meta")
+>>> known_module_call(nn.BatchNorm2d(8), (x,), {}).shape, known_module_call(nn.BatchNorm2d(6), (x,), {})
+(torch.Size([2, 8, 4, 4]), None)
+>>> known_call(F.relu, (x,), {"inplace": True}) is x
+True
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["KnownShapes", "known_call", "known_module_call"]
+
+
+def _parameters(f: Callable[..., Any]) -> list[str]:
+    try:
+        return list(inspect.signature(f).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return []
+
+
+def _like_input_if(check: Callable[..., bool] | None = None) -> Callable[..., bool]:
+    return check or (lambda x, *args, **kwargs: True)
+
+
+def _batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *args, **kwargs) -> bool:
+    return x.dim() >= 2 and all(t is None or (t.shape == (x.shape[1],) and (t.dtype == x.dtype or t is running_mean
+                                                                           or t is running_var))
+                                for t in (running_mean, running_var, weight, bias))
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, *args, **kwargs) -> bool:
+    shape = tuple(normalized_shape)
+    return tuple(x.shape[x.dim() - len(shape):]) == shape and all(
+        t is None or (tuple(t.shape) == shape and t.dtype == x.dtype) for t in (weight, bias))
+
+
+def _group_norm(x, num_groups, weight=None, bias=None, *args, **kwargs) -> bool:
+    return x.dim() >= 2 and x.shape[1] % num_groups == 0 and all(
+        t is None or (t.shape == (x.shape[1],) and t.dtype == x.dtype) for t in (weight, bias))
+
+
+# Functions whose result is shaped like their first argument (same dtype and layout), when the check holds.
+# Their meta kernels are Python decompositions (a BatchNorm costs 1.5 ms on meta tensors, a whole MobileNet's
+# worth is most of its propagation), and the answer is known.
+_LIKE_INPUT: dict[Callable[..., Any], Callable[..., bool]] = {
+    F.batch_norm: _batch_norm, F.layer_norm: _layer_norm, F.group_norm: _group_norm,
+    **{f: _like_input_if() for f in (
+        F.relu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.mish, F.leaky_relu, F.elu,
+        F.selu, F.celu, F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+        torch.relu, torch.sigmoid, torch.tanh, torch.Tensor.relu, torch.Tensor.sigmoid, torch.Tensor.tanh)},
+}
+_INPLACE_AT = {f: _parameters(f).index("inplace") for f in _LIKE_INPUT if "inplace" in _parameters(f)}
+
+
+class KnownShapes(TorchFunctionMode):
+    """Answers :data:`_LIKE_INPUT` calls on meta tensors without running them; everything else runs."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        answer = known_call(func, args, kwargs or {})
+        return answer if answer is not None else func(*args, **(kwargs or {}))
+
+
+def known_call(func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The result of ``func(*args, **kwargs)`` on a meta tensor when :data:`_LIKE_INPUT` knows it, else None."""
+    try:
+        check = _LIKE_INPUT.get(func)
+    except TypeError:  # an unhashable target
+        return None
+    if check is None or not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
+        return None
+    try:
+        if not check(*args, **kwargs):
+            return None
+    except TypeError:  # an unexpected signature: let the function itself judge
+        return None
+    at = _INPLACE_AT.get(func)
+    inplace = kwargs.get("inplace", args[at] if at is not None and len(args) > at else False)
+    return args[0] if inplace else torch.empty_like(args[0])
+
+
+def known_module_call(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """:func:`known_call` for a torch.nn layer called on one tensor, through the function its forward calls."""
+    as_function = _MODULES.get(type(module))
+    if as_function is None or len(args) != 1 or kwargs:
+        return None
+    func, extra, options = as_function(module)
+    return known_call(func, (args[0], *extra), options)
+
+
+
+def _activation(func: Callable[..., Any]) -> Callable[[nn.Module], tuple[Any, tuple, dict]]:
+    return lambda m: (func, (), {"inplace": m.inplace} if hasattr(m, "inplace") else {})
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+# A torch.nn layer as the function its forward calls on its one input (in eval mode): (function, args, kwargs).
+_MODULES: dict[type, Callable[[nn.Module], tuple[Any, tuple, dict]]] = {
+    **{cls: (lambda m: (F.batch_norm, (m.running_mean, m.running_var, m.weight, m.bias), {})) for cls in _NORMS},
+    nn.LayerNorm: lambda m: (F.layer_norm, (m.normalized_shape, m.weight, m.bias), {}),
+    nn.GroupNorm: lambda m: (F.group_norm, (m.num_groups, m.weight, m.bias), {}),
+    nn.ReLU: _activation(F.relu), nn.ReLU6: _activation(F.relu6), nn.Hardtanh: _activation(F.hardtanh),
+    nn.Hardswish: _activation(F.hardswish), nn.Hardsigmoid: _activation(F.hardsigmoid), nn.SiLU: _activation(F.silu),
+    nn.Mish: _activation(F.mish), nn.LeakyReLU: _activation(F.leaky_relu), nn.ELU: _activation(F.elu),
+    nn.SELU: _activation(F.selu), nn.CELU: _activation(F.celu), nn.GELU: _activation(F.gelu),
+    nn.Sigmoid: _activation(torch.sigmoid), nn.Tanh: _activation(torch.tanh), nn.Softplus: _activation(F.softplus),
+    nn.Dropout: _activation(F.dropout), nn.Dropout1d: _activation(F.dropout1d), nn.Dropout2d: _activation(F.dropout2d),
+    nn.Dropout3d: _activation(F.dropout3d), nn.AlphaDropout: _activation(F.alpha_dropout),
+}
