@@ -1,41 +1,217 @@
-"""Time to plan and rewrite (graphprune.shrink) resnet50 and vgg16_bn on CPU, one thread, median of 5.
+"""How long graphprune takes to shrink a model, next to Torch-Pruning, and where the time goes.
 
-Run: python benchmarks/compile_time.py
+For each model, in one warm process on one thread, alternating round by round:
+
+- ``graphprune.shrink(model, 0.5)`` (L2 magnitude, the original untouched);
+- Torch-Pruning 1.6.1 as its users run it: a deep copy, ``MagnitudePruner`` (L2 magnitude, ratio 0.5, the
+  classifier ignored), which builds its dependency graph, and ``pruner.step()``;
+- graphprune's stages one by one, to split its time: trace, shape propagation, couple, plan, apply (slicing,
+  copying and rewriting) and check (the rewritten model's forward on meta tensors).
+
+Medians over the rounds; the ratio is graphprune's median over Torch-Pruning's. ``--cold`` also times the
+first call in a fresh process (imports excluded, reported apart), each tool in its own process, and
+``--memory`` the peak resident memory of ``shrink(vgg16_bn)`` in a fresh process against the dense and
+shrunk models' sizes.
+
+Run: python benchmarks/compile_time.py [--models resnet50 ...] [--repeats 5] [--cold] [--memory]
+(Torch-Pruning: ``pip install torch-pruning==1.6.1``, never a graphprune dependency.)
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+import warnings
+from pathlib import Path
 
 import torch
 import torchvision
+from torch import nn
 
+sys.path.insert(0, str(Path(__file__).parent))
+from scale import DeepResNet  # noqa: E402
+
+import graphprune  # noqa: E402
+from graphprune.capture.fx import trace_fx  # noqa: E402
+from graphprune.capture.inputs import positional_inputs  # noqa: E402
+from graphprune.capture.shapes import propagate_shapes  # noqa: E402
+from graphprune.capture import Captured  # noqa: E402
+from graphprune.coupling import couple  # noqa: E402
+from graphprune.planning import plan_coupling  # noqa: E402
+from graphprune.rewrite import apply as rewrite_apply  # noqa: E402
+
+MODELS = ["resnet50", "vgg16_bn", "mobilenet_v2", "efficientnet_b0", "densenet121", "vit_b_16", "scale100",
+          "scale2000"]
+PHASES = ["trace", "shapes", "couple", "plan", "apply", "check"]
+
+
+def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    if name.startswith("scale"):
+        return DeepResNet(int(name.removeprefix("scale"))).eval(), torch.randn(1, 3, 8, 8)
+    return getattr(torchvision.models, name)().eval(), torch.randn(1, 3, 224, 224)
+
+
+def torch_pruning(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    import torch_pruning as tp
+
+    model = copy.deepcopy(model)
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]  # the classifier keeps its classes
+    pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                       pruning_ratio=0.5, ignored_layers=[head])
+    pruner.step()
+    return model
+
+
+def phases(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """graphprune.shrink's stages, timed one by one (the same calls api.shrink makes)."""
+    marks = [time.perf_counter()]
+    gm = trace_fx(model)
+    marks.append(time.perf_counter())
+    args = positional_inputs(model, gm, x)
+    propagate_shapes(gm, args)
+    marks.append(time.perf_counter())
+    coupling = couple(Captured(model, gm, args))
+    marks.append(time.perf_counter())
+    plan = plan_coupling(coupling, 0.5)
+    marks.append(time.perf_counter())
+    checked = []
+    real = rewrite_apply._postcondition
+
+    def timed_check(*a):
+        start = time.perf_counter()
+        real(*a)
+        checked.append(time.perf_counter() - start)
+
+    rewrite_apply._postcondition = timed_check
+    try:
+        rewrite_apply.apply_plan(model, plan, example_inputs=args, graph=gm.graph)
+    finally:
+        rewrite_apply._postcondition = real
+    marks.append(time.perf_counter())
+    out = {k: b - a for k, a, b in zip(PHASES, marks, marks[1:])}
+    out["apply"] -= checked[0]
+    out["check"] = checked[0]
+    return out
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def warm(names: list[str], repeats: int, with_tp: bool, long_run: float = 30.0) -> list[dict]:
+    """Warm timings; a Torch-Pruning run longer than ``long_run`` seconds is not repeated (2,000 blocks)."""
+    small, x = torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64)
+    graphprune.shrink(small, 0.5, example_inputs=x)  # warm-up of each tool: imports, caches
+    if with_tp:
+        torch_pruning(small, x)
+    rows = []
+    for name in names:
+        model, x = build(name)
+        graphprune.shrink(model, 0.5, example_inputs=x)
+        gp, tp, split = [], [], []
+        for _ in range(repeats):
+            gp.append(timed(lambda: graphprune.shrink(model, 0.5, example_inputs=x)))
+            if with_tp and not (tp and tp[0] > long_run):
+                tp.append(timed(lambda: torch_pruning(model, x)))
+            split.append(phases(model, x))
+        row = {"model": name, "graphprune_s": statistics.median(gp),
+               "torch_pruning_s": statistics.median(tp) if tp else None, "torch_pruning_runs": len(tp),
+               **{k: statistics.median(s[k] for s in split) for k in PHASES}}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+# -- cold first calls and memory, each in a fresh process ------------------------------------------------
+_CHILD = """
+import json, sys, time, warnings
+def hwm():  # the peak resident set of this process (VmHWM): ru_maxrss would carry the parent's over the exec
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+warnings.filterwarnings("ignore")
+t0 = time.perf_counter()
+import torch, torchvision
+torch.set_num_threads(1)
+sys.path.insert(0, {bench!r})
+import compile_time as ct
 import graphprune
+imported = time.perf_counter() - t0
+rss_imports = hwm()
+model, x = ct.build({name!r})
+rss0 = hwm()
+start = time.perf_counter()
+out = graphprune.shrink(model, 0.5, example_inputs=x) if {tool!r} == "graphprune" else ct.torch_pruning(model, x)
+first = time.perf_counter() - start
+size = lambda m: sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])
+print(json.dumps({{"imported_s": imported, "first_s": first, "rss_imports_mib": rss_imports,
+                  "rss_before_mib": rss0, "peak_mib": hwm(),
+                  "dense_mib": size(model) / 2**20, "shrunk_mib": size(out) / 2**20}}))
+"""
+
+
+def child(name: str, tool: str) -> dict:
+    code = _CHILD.format(bench=str(Path(__file__).parent), name=name, tool=tool)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds per model (medians)")
+    parser.add_argument("--no-torch-pruning", action="store_true", help="graphprune only")
+    parser.add_argument("--cold", nargs="*", default=None, metavar="MODEL",
+                        help="first call in a fresh process, for these models (default resnet50 mobilenet_v2)")
+    parser.add_argument("--memory", action="store_true", help="peak RSS of shrink(vgg16_bn) in a fresh process")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    graphprune.shrink(torchvision.models.resnet18(), 0.5)  # warm-up: imports, fake-tensor caches
-    print("| model | params | size (MB) | plan (s) | apply (s) | shrink total (s), median of 5 |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name in ["resnet50", "vgg16_bn"]:
-        model = getattr(torchvision.models, name)()
-        plans, applies, totals = [], [], []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            plan = graphprune.plan(model, 0.5)
-            t1 = time.perf_counter()
-            graphprune.apply(model, plan)
-            t2 = time.perf_counter()
-            plans.append(t1 - t0)
-            applies.append(t2 - t1)
-            totals.append(t2 - t0)
-        params = graphprune.count_params(model)
-        size_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
-        print(f"| {name} | {params / 1e6:.1f} M | {size_mb:.0f} | {statistics.median(plans):.3f} "
-              f"| {statistics.median(applies):.3f} | {statistics.median(totals):.3f} |")
-
+    warnings.filterwarnings("ignore")
+    with_tp = not args.no_torch_pruning
+    rows = warm(args.models, args.repeats, with_tp)
+    print(f"graphprune {graphprune.__version__}, torch {torch.__version__.split('+')[0]}, one thread, warm process, "
+          f"ratio 0.5, L2 magnitude, medians of {args.repeats} alternating rounds\n")
+    print("| model | graphprune (s) | Torch-Pruning (s) | ratio | " + " | ".join(PHASES) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(PHASES))
+    for r in rows:
+        tp = r["torch_pruning_s"]
+        ratio = f"{r['graphprune_s'] / tp:.2f}x" if tp else ""
+        runs = "" if r["torch_pruning_runs"] in (0, args.repeats) else f" ({r['torch_pruning_runs']} run)"
+        print(f"| {r['model']} | {r['graphprune_s']:.3f} | {'' if tp is None else f'{tp:.3f}'}{runs} | {ratio} | "
+              + " | ".join(f"{r[k]:.3f}" for k in PHASES) + " |")
+    if args.cold is not None:
+        names = args.cold or ["resnet50", "mobilenet_v2"]
+        print("\nCold: the first call in a fresh process (imports apart), each tool in its own process, "
+              "alternating, medians of 3\n")
+        print("| model | graphprune first call (s) | its imports (s) | Torch-Pruning first call (s) | its imports (s) | ratio |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name in names:
+            runs = {"graphprune": [], "torch_pruning": []}
+            for _ in range(3):
+                for tool in runs:
+                    runs[tool].append(child(name, tool))
+            med = {tool: {k: statistics.median(r[k] for r in rs) for k in ("first_s", "imported_s")}
+                   for tool, rs in runs.items()}
+            g, t = med["graphprune"], med["torch_pruning"]
+            print(f"| {name} | {g['first_s']:.3f} | {g['imported_s']:.2f} | {t['first_s']:.3f} | {t['imported_s']:.2f} "
+                  f"| {g['first_s'] / t['first_s']:.2f}x |")
+    if args.memory:
+        r = child("vgg16_bn", "graphprune")
+        models = r["peak_mib"] - r["rss_imports_mib"]  # what the process holds beyond torch and graphprune
+        budget = 1.2 * (r["dense_mib"] + r["shrunk_mib"])
+        print(f"\nMemory, shrink(vgg16_bn) in a fresh process: peak RSS {r['peak_mib']:.0f} MiB, of which "
+              f"{r['rss_imports_mib']:.0f} MiB after the imports and {r['rss_before_mib']:.0f} MiB with the dense model "
+              f"built. Beyond the imports: {models:.0f} MiB, against dense {r['dense_mib']:.0f} + shrunk "
+              f"{r['shrunk_mib']:.0f} MiB + 20% = {budget:.0f} MiB ({'met' if models <= budget else 'missed'}).")
 
 if __name__ == "__main__":
     main()

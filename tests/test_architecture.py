@@ -97,3 +97,18 @@ def test_the_import_check_sees_a_late_upward_import():
 @pytest.mark.parametrize("verb", [graphprune.plan, graphprune.shrink])
 def test_the_verbs_take_few_parameters(verb):
     assert len(inspect.signature(verb).parameters) <= 7
+
+
+def test_importing_graphprune_leaves_the_heavy_and_optional_libraries_alone():
+    """``import graphprune`` (and so ``graphprune --help``) must stay cheap and quiet: torchvision imports
+    torch._dynamo (a second), torch.utils.benchmark warns without CUDA, the rest are optional extras."""
+    import subprocess
+    import sys
+
+    heavy = ["torchvision", "torch._dynamo", "torch.utils.benchmark", "matplotlib", "onnx", "onnxruntime", "timm",
+             "transformers", "ultralytics"]
+    code = ("import sys, graphprune; print(' '.join(m for m in " + repr(heavy) + " if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "" and result.stderr == ""

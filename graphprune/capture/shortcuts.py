@@ -1,16 +1,18 @@
-"""Known shapes: calls whose result is shaped like their input, answered on meta tensors without running them.
+"""Known shapes: calls whose result's shape is known, answered on meta tensors without running them.
 
 Shape propagation (:mod:`.shapes`) runs a graph on meta tensors. Most ops have C++ meta kernels,
 but some common ones are Python decompositions: a BatchNorm costs 1.5 ms on meta tensors, and a
 MobileNet's worth of them was most of its propagation. Their answer is known (a tensor like the
-input) once a cheap check says the call would succeed: the norms' parameters match the input's
-channels and dtype. Anything else runs as usual.
+input; for convolutions and linear layers, a formula) once a cheap check says the call would succeed:
+the parameters match the input's channels and dtype. Anything else runs as usual.
 
 >>> x = torch.empty(2, 8, 4, 4, device="meta")
 >>> known_module_call(nn.BatchNorm2d(8), (x,), {}).shape, known_module_call(nn.BatchNorm2d(6), (x,), {})
 (torch.Size([2, 8, 4, 4]), None)
 >>> known_call(F.relu, (x,), {"inplace": True}) is x
 True
+>>> known_module_call(nn.Conv2d(8, 4, 3, stride=2, padding=1), (x,), {}).shape
+torch.Size([2, 4, 2, 2])
 """
 
 from __future__ import annotations
@@ -68,8 +70,41 @@ _LIKE_INPUT: dict[Callable[..., Any], Callable[..., bool]] = {
 _INPLACE_AT = {f: _parameters(f).index("inplace") for f in _LIKE_INPUT if "inplace" in _parameters(f)}
 
 
+def _pair(v: Any) -> tuple[int, int] | None:
+    if isinstance(v, int):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return tuple(v)
+    return None  # "same", "valid", or anything else: the kernel decides
+
+
+def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> tuple[int, ...] | None:
+    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    if s is None or p is None or d is None or not isinstance(groups, int) or x.dim() != 4 or weight.dim() != 4:
+        return None
+    if x.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups or weight.dtype != x.dtype:
+        return None
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != x.dtype):
+        return None
+    out = [(size + 2 * p[i] - d[i] * (weight.shape[2 + i] - 1) - 1) // s[i] + 1 for i, size in enumerate(x.shape[2:])]
+    return None if min(out) < 1 else (x.shape[0], weight.shape[0], *out)
+
+
+def _linear(x, weight, bias=None) -> tuple[int, ...] | None:
+    if x.dim() < 1 or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or weight.dtype != x.dtype:
+        return None
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != x.dtype):
+        return None
+    return (*x.shape[:-1], weight.shape[0])
+
+
+# Functions whose result's shape follows from their arguments' by a formula (a contiguous input gives a
+# contiguous result): the meta kernel of a convolution is Python too.
+_SHAPED: dict[Callable[..., Any], Callable[..., tuple[int, ...] | None]] = {F.conv2d: _conv2d, F.linear: _linear}
+
+
 class KnownShapes(TorchFunctionMode):
-    """Answers :data:`_LIKE_INPUT` calls on meta tensors without running them; everything else runs."""
+    """Answers :data:`_LIKE_INPUT` and :data:`_SHAPED` calls on meta tensors without running them; the rest runs."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         answer = known_call(func, args, kwargs or {})
@@ -79,11 +114,18 @@ class KnownShapes(TorchFunctionMode):
 def known_call(func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The result of ``func(*args, **kwargs)`` on a meta tensor when :data:`_LIKE_INPUT` knows it, else None."""
     try:
-        check = _LIKE_INPUT.get(func)
+        check, shaped = _LIKE_INPUT.get(func), _SHAPED.get(func)
     except TypeError:  # an unhashable target
         return None
-    if check is None or not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
+    if (check is None and shaped is None) or not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
         return None
+    if shaped is not None:
+        x = args[0]
+        try:
+            shape = shaped(*args, **kwargs) if x.is_contiguous() else None
+        except TypeError:
+            return None
+        return None if shape is None else torch.empty(shape, dtype=x.dtype, device="meta")
     try:
         if not check(*args, **kwargs):
             return None
@@ -99,7 +141,10 @@ def known_module_call(module: nn.Module, args: tuple, kwargs: dict) -> torch.Ten
     as_function = _MODULES.get(type(module))
     if as_function is None or len(args) != 1 or kwargs:
         return None
-    func, extra, options = as_function(module)
+    call = as_function(module)
+    if call is None:
+        return None
+    func, extra, options = call
     return known_call(func, (args[0], *extra), options)
 
 
@@ -108,10 +153,17 @@ def _activation(func: Callable[..., Any]) -> Callable[[nn.Module], tuple[Any, tu
     return lambda m: (func, (), {"inplace": m.inplace} if hasattr(m, "inplace") else {})
 
 
+def _conv_module(m: nn.Conv2d) -> tuple[Any, tuple, dict] | None:
+    if m.padding_mode != "zeros":
+        return None  # its forward pads first
+    return F.conv2d, (m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups), {}
+
+
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # A torch.nn layer as the function its forward calls on its one input (in eval mode): (function, args, kwargs).
 _MODULES: dict[type, Callable[[nn.Module], tuple[Any, tuple, dict]]] = {
     **{cls: (lambda m: (F.batch_norm, (m.running_mean, m.running_var, m.weight, m.bias), {})) for cls in _NORMS},
+    nn.Conv2d: _conv_module, nn.Linear: lambda m: (F.linear, (m.weight, m.bias), {}),
     nn.LayerNorm: lambda m: (F.layer_norm, (m.normalized_shape, m.weight, m.bias), {}),
     nn.GroupNorm: lambda m: (F.group_norm, (m.num_groups, m.weight, m.bias), {}),
     nn.ReLU: _activation(F.relu), nn.ReLU6: _activation(F.relu6), nn.Hardtanh: _activation(F.hardtanh),

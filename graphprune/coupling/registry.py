@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from .context import RuleContext
 
-__all__ = ["Registry", "Rule", "Resizer"]
+__all__ = ["Registry", "Rule", "Resizer", "qualified_name"]
 
 Rule = Callable[["RuleContext", "torch.fx.Node"], Any]
 Resizer = Callable[[nn.Module], None]
@@ -50,8 +50,12 @@ class Registry:
         return self._register(self._modules, classes)
 
     def function(self, *functions: Any) -> Callable[[Rule], Rule]:
-        """Register a rule for ``call_function`` nodes calling one of these functions."""
-        _check_keys(functions, callable, "functions")
+        """Register a rule for ``call_function`` nodes calling one of these functions, given as the function or
+        as its qualified name (``"torchvision.ops.stochastic_depth.stochastic_depth"``: where it is defined).
+        A name keys a library's function without importing the library, which costs a second for torchvision;
+        a graph that calls it has imported it already."""
+        _check_keys(functions, lambda f: callable(f) or (isinstance(f, str) and "." in f),
+                    "functions (or their qualified names, module.name)")
         return self._register(self._functions, functions)
 
     def method(self, *names: str) -> Callable[[Rule], Rule]:
@@ -110,9 +114,10 @@ class Registry:
             return self.rule_for_module(root.get_submodule(node.target))
         if node.op == "call_function":
             try:
-                return self._functions.get(node.target)
+                rule = self._functions.get(node.target)
             except TypeError:  # unhashable target
                 return None
+            return rule if rule is not None else self._functions.get(qualified_name(node.target))
         if node.op == "call_method":
             return self._methods.get(node.target)
         return None
@@ -133,16 +138,23 @@ def _check_keys(keys: tuple, valid: Callable[[Any], bool], what: str) -> None:
             raise TypeError(f"rules of this kind are keyed by {what}, not {key!r}")
 
 
+def qualified_name(fn: Any) -> str | None:
+    """Where a function is defined, ``module.qualname``: how :meth:`Registry.function` names it."""
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    return f"{module}.{name}" if module and name else None
+
+
 def _function_name(fn: Any) -> str:
     # The public spelling (torch.cat, torch.nn.functional.max_pool2d) rather than where it is defined.
     import operator
 
     import torch
     import torch.nn.functional
-    import torchvision.ops
 
+    if isinstance(fn, str):
+        return fn
     name = getattr(fn, "__name__", None)
-    for public in (torch, torch.nn.functional, operator, torchvision.ops):
+    for public in (torch, torch.nn.functional, operator):
         if name and getattr(public, name, None) is fn:
             return f"{public.__name__}.{name}"
     module = getattr(fn, "__module__", None) or "torch"

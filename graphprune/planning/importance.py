@@ -150,8 +150,11 @@ def slice_norms(tensor: torch.Tensor, dim: int, p: int = 2, *, chunk: int = 1 <<
     total = torch.zeros(n, dtype=torch.float64, device=t.device)
     for start in range(0, before, rows):
         part = t3[start:start + rows].float()
-        inner = torch.linalg.vector_norm(part, ord=p, dim=2) if after > 1 else part[..., 0].abs()
-        total += (torch.ones(1, inner.shape[0], device=t.device) @ inner.pow(p))[0].double()
+        if after > 1:
+            powered = torch.linalg.vector_norm(part, ord=p, dim=2).pow(p)
+        else:  # one pass over the entries, not two
+            powered = part[..., 0].square() if p == 2 else part[..., 0].abs().pow(p)
+        total += (torch.ones(1, powered.shape[0], device=t.device) @ powered)[0].double()
     return (total ** (1.0 / p)).cpu().numpy()
 
 

@@ -11,7 +11,6 @@ import operator
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.ops
 from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
@@ -34,7 +33,7 @@ _UNARY_FUNCTIONS = (
     F.hardtanh, F.softplus, F.logsigmoid, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
     F.alpha_dropout, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.square, torch.clamp,
     # Zeroes whole samples (rows) or the whole batch at random in training; the identity in eval.
-    torchvision.ops.stochastic_depth,
+    "torchvision.ops.stochastic_depth.stochastic_depth",
 )
 _UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "square",

@@ -18,7 +18,6 @@ stream (the output projection produces the stream), so ``exact_only`` plans prun
 from __future__ import annotations
 
 import numpy as np
-from torchvision.models.video import mvit
 
 from ...channels import ChannelMap, LayoutError
 from ...registry import Registry
@@ -27,6 +26,7 @@ from .._common import arg, fix_untracked_dims, input_arg, project
 __all__ = ["RULES"]
 
 RULES = Registry()
+_MVIT = "torchvision.models.video.mvit"  # keyed by name: no torchvision import
 
 
 def _literal(node, index: int, name: str) -> int:
@@ -36,7 +36,7 @@ def _literal(node, index: int, name: str) -> int:
     return value
 
 
-@RULES.function(mvit._unsqueeze)
+@RULES.function(f"{_MVIT}._unsqueeze")
 def unsqueeze_to(ctx, node):
     """``_unsqueeze(x, target_dim, expand_dim) -> (x, x.dim())``: inserts ``expand_dim`` when x has one dim too few."""
     x = input_arg(node)
@@ -49,7 +49,7 @@ def unsqueeze_to(ctx, node):
     return [cmap, None]
 
 
-@RULES.function(mvit._squeeze)
+@RULES.function(f"{_MVIT}._squeeze")
 def squeeze_from(ctx, node):
     """``_squeeze(x, target_dim, expand_dim, tensor_dim)``: undoes ``_unsqueeze``; the ranks say whether it did."""
     x = input_arg(node)
@@ -72,7 +72,7 @@ def _heads_and_width(cmap: ChannelMap, what: str):
     return cmap
 
 
-@RULES.function(mvit._add_shortcut)
+@RULES.function(f"{_MVIT}._add_shortcut")
 def add_shortcut(ctx, node):
     """``x += q`` over ``[B, heads, tokens, head_dim]`` (all tokens or all but the class token): joins heads and head_dim.
 
@@ -98,7 +98,7 @@ def add_shortcut(ctx, node):
     return ChannelMap(tuple(kept))
 
 
-@RULES.function(mvit._add_rel_pos)
+@RULES.function(f"{_MVIT}._add_rel_pos")
 def add_rel_pos(ctx, node):
     """``attn + f(q, tables)`` per head: q's heads meet attn's; q's head_dim is contracted with the tables' dim 1."""
     attn, q = input_arg(node), arg(node, 1, "q")

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch.fx
-from torchvision.models import swin_transformer as swin2d
-from torchvision.models.video import swin_transformer as swin3d
 
 from ...channels import Block, ChannelMap, LayoutError
 from ...registry import Registry
@@ -26,6 +24,8 @@ from .._common import join_rows, join_tensor_arg, last_dim_atoms
 __all__ = ["RULES"]
 
 RULES = Registry()
+# Keyed by name, so that importing graphprune does not import torchvision (a second, for its ops).
+_SWIN2D, _SWIN3D = "torchvision.models.swin_transformer", "torchvision.models.video.swin_transformer"
 
 
 def _bind(node: torch.fx.Node, fn) -> tuple[dict[str, Any], dict[str, tuple]]:
@@ -39,8 +39,9 @@ def _bind(node: torch.fx.Node, fn) -> tuple[dict[str, Any], dict[str, tuple]]:
     return values, paths
 
 
-def _window_attention(ctx, node, fn, heads_dim: int):
+def _window_attention(ctx, node, heads_dim: int):
     """Swin's window attention: q/k/v and the output projection as graph tensors; whole heads go."""
+    fn = node.target
     a, paths = _bind(node, fn)
     last, embed = last_dim_atoms(ctx, a["input"], fn.__name__)
     if embed is None:
@@ -63,19 +64,19 @@ def _window_attention(ctx, node, fn, heads_dim: int):
     return ChannelMap.single(last, embed)
 
 
-@RULES.function(swin2d.shifted_window_attention)
+@RULES.function(f"{_SWIN2D}.shifted_window_attention")
 def shifted_window_attention(ctx, node):
     """torchvision Swin (v1 and v2) window attention over ``[B, H, W, C]``: whole heads, tied to C."""
-    return _window_attention(ctx, node, swin2d.shifted_window_attention, heads_dim=1)
+    return _window_attention(ctx, node, heads_dim=1)
 
 
-@RULES.function(swin3d.shifted_window_attention_3d)
+@RULES.function(f"{_SWIN3D}.shifted_window_attention_3d")
 def shifted_window_attention_3d(ctx, node):
     """torchvision video Swin window attention over ``[B, T, H, W, C]``: whole heads, tied to C."""
-    return _window_attention(ctx, node, swin3d.shifted_window_attention_3d, heads_dim=1)
+    return _window_attention(ctx, node, heads_dim=1)
 
 
-@RULES.function(swin2d._get_relative_position_bias, swin3d._get_relative_position_bias)
+@RULES.function(f"{_SWIN2D}._get_relative_position_bias", f"{_SWIN3D}._get_relative_position_bias")
 def relative_position_bias(ctx, node):
     """Gathers a ``[positions, heads]`` table into a ``[1, heads, N, N]`` bias: heads pass, positions are pinned."""
     table = node.args[0]
@@ -87,7 +88,7 @@ def relative_position_bias(ctx, node):
     return ChannelMap() if heads is None else ChannelMap.single(1, heads)
 
 
-@RULES.function(swin2d._patch_merging_pad)
+@RULES.function(f"{_SWIN2D}._patch_merging_pad")
 def patch_merging_pad(ctx, node):
     """Swin patch merging: the four 2x2 neighbours are concatenated on the last dim (4 copies of C)."""
     last, atoms = last_dim_atoms(ctx, node.args[0], "patch merging")
