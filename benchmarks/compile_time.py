@@ -13,7 +13,9 @@ first call in a fresh process (imports excluded, reported apart), each tool in i
 ``--memory`` the peak resident memory of ``shrink(vgg16_bn)`` in a fresh process against the dense and
 shrunk models' sizes.
 
-Run: python benchmarks/compile_time.py [--models resnet50 ...] [--repeats 5] [--cold] [--memory]
+``--startup`` times ``graphprune --help`` and ``--version`` against a bare ``import torch``.
+
+Run: python benchmarks/compile_time.py [--models resnet50 ...] [--repeats 5] [--cold] [--memory] [--startup]
 (Torch-Pruning: ``pip install torch-pruning==1.6.1``, never a graphprune dependency.)
 """
 
@@ -165,19 +167,48 @@ def child(name: str, tool: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def startup(rounds: int = 7) -> None:
+    """Wall time of the CLI's start, alternating with a bare ``import torch``, medians; and what it prints on stderr."""
+    commands = {"python -c 'import torch'": [sys.executable, "-c", "import torch"],
+                "graphprune --help": [sys.executable, "-m", "graphprune", "--help"],
+                "graphprune --version": [sys.executable, "-m", "graphprune", "--version"]}
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    stderr = {}
+    for _ in range(rounds):
+        for label, cmd in commands.items():
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            times[label].append(time.perf_counter() - start)
+            stderr[label] = done.stderr
+    base = statistics.median(times["python -c 'import torch'"])
+    print(f"Start-up, medians of {rounds} alternating runs in fresh processes\n")
+    print("| command | wall (s) | over `import torch` (s) | stderr |")
+    print("|---|---:|---:|---|")
+    for label, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| `{label}` | {med:.2f} | {med - base:+.2f} | {'empty' if not stderr[label] else repr(stderr[label][:60])} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--models", nargs="*", default=MODELS, help="models to time warm (none: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds per model (medians)")
     parser.add_argument("--no-torch-pruning", action="store_true", help="graphprune only")
     parser.add_argument("--cold", nargs="*", default=None, metavar="MODEL",
                         help="first call in a fresh process, for these models (default resnet50 mobilenet_v2)")
     parser.add_argument("--memory", action="store_true", help="peak RSS of shrink(vgg16_bn) in a fresh process")
+    parser.add_argument("--startup", action="store_true",
+                        help="graphprune --help / --version against a bare `import torch`, in fresh processes")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
+    if args.startup:
+        startup()
     with_tp = not args.no_torch_pruning
-    rows = warm(args.models, args.repeats, with_tp)
+    rows = warm(args.models, args.repeats, with_tp) if args.models else []
+    if not rows:
+        return
     print(f"graphprune {graphprune.__version__}, torch {torch.__version__.split('+')[0]}, one thread, warm process, "
           f"ratio 0.5, L2 magnitude, medians of {args.repeats} alternating rounds\n")
     print("| model | graphprune (s) | Torch-Pruning (s) | ratio | " + " | ".join(PHASES) + " |")
