@@ -93,7 +93,7 @@ def phases(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 
     rewrite_apply._postcondition = timed_check
     try:
-        rewrite_apply.apply_plan(model, plan, example_inputs=args, graph=gm.graph)
+        rewrite_apply.apply_plan(model, plan, example_inputs=args, captured=gm)
     finally:
         rewrite_apply._postcondition = real
     marks.append(time.perf_counter())

@@ -15,7 +15,7 @@ import sys
 
 from .api import apply, capture_inputs, couple, plan, shrink, shrink_submodule
 from .base.errors import (BudgetWarning, GraphPruneError, InexactWarning, InputError, PlanError, RewriteError,
-                          TraceError, UnsupportedOpError)
+                          RewriteWarning, TraceError, UnsupportedOpError)
 from .base.version import __version__
 from .coupling import Coupling, Registry, Scope, default_registry
 from .measure import Hardware, count_macs, count_params, measure_latency
@@ -43,5 +43,5 @@ __all__ = [
     "iterative", "StepRecord", "recalibrate_batchnorm", "GroupLasso", "BNScaleL1", "distillation_loss", "distill_step",
     "distributed",
     "GraphPruneError", "InputError", "TraceError", "UnsupportedOpError", "PlanError", "RewriteError",
-    "InexactWarning", "BudgetWarning", "__version__",
+    "InexactWarning", "BudgetWarning", "RewriteWarning", "__version__",
 ]

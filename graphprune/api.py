@@ -48,7 +48,9 @@ def couple(model: nn.Module, *, example_inputs: Any = None, scope: Scope | None 
     check_model(model)
     scope = as_scope(scope)
     with source_lines():
-        return couple_captured(capture(model, example_inputs, leaf_modules=scope.leaf_modules), scope)
+        captured = capture(model, example_inputs, leaf_modules=scope.leaf_modules, method=scope.capture,
+                           strict=scope.strict)
+        return couple_captured(captured, scope)
 
 
 def plan(model: nn.Module | Coupling, budget: float | Budget, *, example_inputs: Any = None,
@@ -111,7 +113,7 @@ def shrink(model: nn.Module, budget: float | Budget, *, example_inputs: Any = No
     # Traced once: the rewrite edits a copy of the graph the plan was made on.
     with source_lines():
         return apply_plan(model, the_plan, example_inputs=coupling.example_args, scope=scope, inplace=inplace,
-                          graph=coupling.gm.graph)
+                          captured=coupling.gm)
 
 
 def capture_inputs(model: nn.Module, name: str, model_inputs: Any) -> tuple[Any, ...] | dict[str, Any]:

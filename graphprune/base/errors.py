@@ -19,6 +19,7 @@ __all__ = [
     "describe_node",
     "InexactWarning",
     "BudgetWarning",
+    "RewriteWarning",
 ]
 
 
@@ -95,6 +96,11 @@ class BudgetWarning(UserWarning):
     """
 
 
+class RewriteWarning(UserWarning):
+    """The shrunk model is not the user's class but the rewritten captured graph (a ``torch.fx.GraphModule``):
+    the class's own forward fixes a width in Python that the rewrite could not change. The warning names where."""
+
+
 class InexactWarning(UserWarning):
     """A plan removes channels that a LayerNorm normalises over: the shrunk model approximates the original.
 
@@ -104,6 +110,6 @@ class InexactWarning(UserWarning):
 
 # Raised to users, so shown under the name they import them by: graphprune.InputError, not graphprune.base.errors.
 for _cls in (GraphPruneError, InputError, TraceError, UnsupportedOpError, PlanError, RewriteError, BudgetWarning,
-             InexactWarning):
+             InexactWarning, RewriteWarning):
     _cls.__module__ = "graphprune"
 del _cls

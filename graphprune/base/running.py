@@ -38,7 +38,11 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     flags = [(m, m.training) for module in modules for m in module.modules()]
     try:
         for module in modules:
-            module.eval()
+            try:
+                module.eval()
+            except NotImplementedError:  # an exported program's module: captured in eval mode already
+                for m in module.modules():
+                    m.training = False
         yield
     finally:
         for m, training in flags:

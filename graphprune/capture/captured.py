@@ -17,17 +17,23 @@ from typing import Any
 import torch.fx
 from torch import nn
 
+from ..base.errors import InputError, TraceError
+from .export import trace_export
 from .fx import trace_fx
-from .inputs import positional_inputs
+from .inputs import call_inputs, positional_inputs
 from .shapes import propagate_shapes
 
-__all__ = ["Captured", "capture"]
+__all__ = ["Captured", "capture", "CAPTURES"]
+
+
+CAPTURES = ("auto", "fx", "export")
 
 
 @dataclass(frozen=True)
 class Captured:
-    """A captured model: its graph (``node.meta["tensor_meta"]`` on every node), the example inputs as one
-    positional argument per placeholder, and the submodules kept opaque. ``model`` is the user's own, untouched."""
+    """A captured model: its graph (``node.meta["tensor_meta"]`` on every node), the example inputs as the
+    graph's positional arguments, and the submodules kept opaque. ``model`` is the user's own, untouched.
+    ``method`` says how it was captured: ``"fx"`` (symbolic tracing), ``"export"`` or ``"export-strict"``."""
 
     model: nn.Module
     gm: torch.fx.GraphModule
@@ -36,12 +42,42 @@ class Captured:
     method: str = "fx"
 
 
-def capture(model: nn.Module, example_inputs: Any = None, *, leaf_modules: Iterable[str] = ()) -> Captured:
-    """Trace ``model`` and propagate the shapes of ``example_inputs`` (default: a 224x224 image) through it.
+def capture(model: nn.Module, example_inputs: Any = None, *, leaf_modules: Iterable[str] = (), method: str = "auto",
+            strict: bool = False) -> Captured:
+    """Capture ``model`` and propagate the shapes of ``example_inputs`` (default: a 224x224 image) through it.
 
-    The nodes do not record source lines (an error finds its node's: :func:`graphprune.capture.source_lines`)."""
+    ``method``: ``"fx"`` traces symbolically; ``"export"`` uses ``torch.export`` (``strict`` for its strict
+    mode); ``"auto"`` traces, and exports when tracing fails. A model neither can capture gets one error that
+    says why each failed. The nodes do not record source lines (an error finds its node's:
+    :func:`graphprune.capture.source_lines`).
+    """
     leaf_modules = tuple(leaf_modules)
-    gm = trace_fx(model, leaf_modules)
-    args = positional_inputs(model, gm, example_inputs)
+    if method not in CAPTURES:
+        raise InputError(f"capture must be one of {', '.join(CAPTURES)}, not {method!r}")
+    if method == "export" and leaf_modules:
+        raise InputError("leaf_modules apply to symbolic tracing, not to torch.export",
+                         hint="use capture='fx' with leaf_modules, or capture='export' without them")
+    if method in ("auto", "fx"):
+        try:
+            gm = trace_fx(model, leaf_modules)
+        except TraceError as fx_error:
+            if method == "fx" or leaf_modules:
+                raise
+            try:
+                return _exported(model, example_inputs, strict)
+            except TraceError as export_error:
+                raise TraceError(
+                    f"neither capture could take {type(model).__name__}.\n"
+                    f"torch.fx: {fx_error.message}\n{export_error.message}",
+                    hint=fx_error.hint) from export_error  # it names the submodule to keep opaque
+        args = positional_inputs(model, gm, example_inputs)
+        propagate_shapes(gm, args)
+        return Captured(model, gm, args, leaf_modules)
+    return _exported(model, example_inputs, strict)
+
+
+def _exported(model: nn.Module, example_inputs: Any, strict: bool) -> Captured:
+    args = call_inputs(model, example_inputs)
+    gm = trace_export(model, args, strict=strict)
     propagate_shapes(gm, args)
-    return Captured(model, gm, args, leaf_modules)
+    return Captured(model, gm, args, (), "export-strict" if strict else "export")

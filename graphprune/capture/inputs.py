@@ -10,6 +10,7 @@ torch.Size([1, 3, 224, 224])
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 from ..base.errors import InputError
 from ..base.running import device_of, dtype_of
 
-__all__ = ["default_example_inputs", "positional_inputs"]
+__all__ = ["default_example_inputs", "positional_inputs", "call_inputs"]
 
 
 def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor]:
@@ -69,3 +70,36 @@ def _placeholder_default(node: torch.fx.Node) -> Any:
     if node.args:
         return node.args[0]
     raise InputError(f"no example input given for the model's argument {node.target!r}", node=node)
+
+
+def call_inputs(model: nn.Module, example_inputs: Any) -> tuple[Any, ...]:
+    """The example inputs as positional arguments of ``model``'s forward, for a capture that calls the model
+    itself (``torch.export``): a tensor, a tuple/list, or a dict of keyword args bound to the forward's
+    parameters in order (those not given keep their defaults, so a dict may skip only trailing ones)."""
+    if example_inputs is None:
+        return default_example_inputs(model)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    if not isinstance(example_inputs, Mapping):
+        raise InputError(
+            f"example_inputs must be a tensor, a tuple of args or a dict of keyword args, not {type(example_inputs).__name__}"
+        )
+    parameters = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = [p.name for p in parameters]
+    unknown = set(example_inputs) - set(names)
+    if unknown:
+        raise InputError(f"example_inputs names {sorted(unknown)}, which {type(model).__name__}.forward does not take "
+                         "as positional arguments", hint=f"its positional arguments are {names}")
+    last = max(names.index(k) for k in example_inputs) if example_inputs else -1
+    args = []
+    for p in parameters[:last + 1]:
+        if p.name in example_inputs:
+            args.append(example_inputs[p.name])
+        elif p.default is not p.empty:
+            args.append(p.default)
+        else:
+            raise InputError(f"no example input given for the model's argument {p.name!r}")
+    return tuple(args)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -117,10 +118,20 @@ class Registry:
                 rule = self._functions.get(node.target)
             except TypeError:  # unhashable target
                 return None
+            if rule is None and isinstance(node.target, torch._ops.OpOverload):  # an exported graph's ATen op
+                rule = self._functions.get(node.target.overloadpacket)
             return rule if rule is not None else self._functions.get(qualified_name(node.target))
         if node.op == "call_method":
             return self._methods.get(node.target)
         return None
+
+    def function_rule(self, function: Any) -> Rule:
+        """The rule registered for a function (an object or its qualified name); KeyError if there is none."""
+        return self._functions[function]
+
+    def method_rule(self, name: str) -> Rule:
+        """The rule registered for a tensor method; KeyError if there is none."""
+        return self._methods[name]
 
     def entries(self) -> Iterator[tuple[str, str, Rule]]:
         """(kind, key, rule) for every rule, for the supported-ops table."""
@@ -153,6 +164,8 @@ def _function_name(fn: Any) -> str:
 
     if isinstance(fn, str):
         return fn
+    if isinstance(fn, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return f"torch.ops.{fn}"  # aten.conv2d.default
     name = getattr(fn, "__name__", None)
     for public in (torch, torch.nn.functional, operator):
         if name and getattr(public, name, None) is fn:

@@ -18,7 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from ..base.checks import check_names, check_record
+from ..base.checks import check_flag, check_names, check_record
+from ..capture.captured import CAPTURES
 from ..base.errors import InputError
 from .registry import Registry
 from .rules import default_registry
@@ -36,11 +37,16 @@ class Scope:
       ``torch.fx`` cannot trace); name them in ``ignore`` as well, since no rule can see inside them.
     - ``rules``: a :class:`~graphprune.coupling.Registry` with custom rules (default: the built-in ones,
       :func:`graphprune.default_registry`).
+    - ``capture``: how the graph is captured: ``"fx"`` (``torch.fx`` symbolic tracing), ``"export"``
+      (``torch.export``, non-strict unless ``strict``) or ``"auto"``, the default: symbolic tracing, and
+      ``torch.export`` when tracing fails (a branch on a shape, a forward taking ``*args``).
     """
 
     ignore: tuple[str | nn.Module, ...] = ()
     leaf_modules: tuple[str, ...] = ()
     rules: Registry | None = None
+    capture: str = "auto"
+    strict: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignore", check_names(self.ignore, "ignore", modules_allowed=True))
@@ -48,6 +54,14 @@ class Scope:
         if self.rules is not None and not isinstance(self.rules, Registry):
             raise InputError(f"rules must be a graphprune.Registry, not {type(self.rules).__name__}",
                              hint="start from graphprune.default_registry() and add rules to it")
+        if self.capture not in CAPTURES:
+            raise InputError(f"capture must be one of {', '.join(CAPTURES)}, not {self.capture!r}")
+        check_flag(self.strict, "strict")
+        if self.strict and self.capture == "fx":
+            raise InputError("strict applies to torch.export, not to symbolic tracing (capture='fx')")
+        if self.capture == "export" and self.leaf_modules:
+            raise InputError("leaf_modules apply to symbolic tracing, not to torch.export",
+                             hint="use capture='fx' with leaf_modules, or capture='export' without them")
 
     @property
     def registry(self) -> Registry:
@@ -76,7 +90,7 @@ class Scope:
 
     def by_name(self, model: nn.Module) -> Scope:
         """This scope with every ignored module named: it then applies to copies of ``model`` too."""
-        return Scope(self.ignored_names(model), self.leaf_modules, self.rules)
+        return Scope(self.ignored_names(model), self.leaf_modules, self.rules, self.capture, self.strict)
 
 
 def as_scope(scope: Any) -> Scope:

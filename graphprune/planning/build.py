@@ -76,6 +76,7 @@ def build_plan(coupling: Coupling, removed: Mapping[int, list[int]], scores: Map
         output_shapes=output_shapes(coupling.gm),
         budget=budget,
         leaf_modules=list(coupling.leaf_modules),
+        capture=coupling.captured.method,
         model_signature=model_signature(coupling.model),
         inexact=inexact,
     )

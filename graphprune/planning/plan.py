@@ -189,6 +189,7 @@ class Plan:
     output_shapes: list[list[int]]
     budget: PlanBudget
     leaf_modules: list[str] = field(default_factory=list)
+    capture: str = "fx"  # how the graph was captured: "fx", "export" or "export-strict"; a replay uses the same
     model_signature: str = ""
     inexact: list[str] = field(default_factory=list)  # reasons of the groups that lose channels
     format_version: int = FORMAT_VERSION

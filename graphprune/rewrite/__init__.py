@@ -8,7 +8,8 @@ records the plans that made it (:func:`plans_of`). Imports the stages below it.
 
 from .apply import apply_plan, check_plan_fits
 from .provenance import plans_of, record_plan
-from .verify import Verdict, mask, relative_difference, verdict, verify
+from .difference import relative_difference
+from .verify import Verdict, mask, verdict, verify
 
 __all__ = ["apply_plan", "check_plan_fits", "plans_of", "record_plan", "mask", "verify", "verdict", "Verdict",
            "relative_difference"]

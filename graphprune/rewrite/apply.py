@@ -17,6 +17,7 @@ from torch import nn
 from ..base.checks import check_flag, check_model
 from ..base.errors import InputError, PlanError, RewriteError
 from ..base.running import device_of
+from ..capture.export import trace_export
 from ..capture.fx import trace_fx
 from ..capture.graph import nodes_by_name
 from ..capture.literals import fresh_literals
@@ -24,6 +25,7 @@ from ..capture.shapes import run_shapes
 from ..coupling import Registry, Scope, as_scope
 from ..planning import GraphEdit, Plan, TensorEdit, model_signature
 from .clone import clone_model
+from .exported import choose_result, exported_graph_module
 from .provenance import plans_of, record_plan
 
 __all__ = ["apply_plan", "check_plan_fits"]
@@ -106,6 +108,8 @@ def _set_tensor(root: nn.Module, qualname: str, value: torch.Tensor) -> None:
 
 
 def _resize_modules(root: nn.Module, plan: Plan, registry: Registry) -> None:
+    """Refresh the size attributes of every module whose tensors were sliced, then of the modules around them
+    that have a resizer registered (a block whose ``self.c`` sizes a ``split``), innermost first."""
     owners = {alias.rpartition(".")[0] for edit in plan.tensors.values() for alias in edit.aliases or [edit.name]}
     for name in sorted(owners):
         module = root.get_submodule(name)
@@ -120,6 +124,12 @@ def _resize_modules(root: nn.Module, plan: Plan, registry: Registry) -> None:
                 hint="register one with registry.resizer(YourClass)",
             )
         resizer(module)
+    around = {".".join(o.split(".")[:i]) for o in owners for i in range(len(o.split(".")) - 1, -1, -1)} - owners
+    for name in sorted(around, key=lambda n: (-n.count("."), n) if n else (1, "")):
+        module = root.get_submodule(name)
+        resizer = registry.resizer_for(module)
+        if resizer is not None:
+            resizer(module)
 
 
 def _get_path(container: Any, path: list[Any]) -> Any:
@@ -154,12 +164,14 @@ def _apply_graph_edit(nodes: dict[str, torch.fx.Node], edit: GraphEdit) -> None:
 
 
 def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scope: Scope | None = None,
-               inplace: bool = False, graph: torch.fx.Graph | None = None) -> nn.Module:
+               inplace: bool = False, captured: torch.fx.GraphModule | None = None) -> nn.Module:
     """Return the shrunk model described by ``plan`` (a copy, unless ``inplace``), checked and carrying its plans.
 
     ``scope.rules`` supplies the resizers of custom modules; ``example_inputs`` (default: inputs of the
-    plan's recorded shapes) are what the postcondition runs. ``graph`` is the graph the plan was made on,
-    when the caller has it: a plan with graph edits then rewrites a copy of it instead of tracing the model again.
+    plan's recorded shapes) are what the postcondition runs. ``captured`` is the graph module the plan was made
+    on, when the caller has it: the rewrite then edits a copy of its graph instead of capturing the model again.
+    A plan made on an exported graph returns the user's class when it computes what the rewritten graph does,
+    else that graph (:mod:`.exported`).
     """
     named = check_plan_fits(model, plan)
     check_flag(inplace, "inplace")
@@ -183,9 +195,14 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scop
         target = clone_model(model, memo)
     # The graph is the plan's own, traced before any module is resized: a forward that reads a size attribute
     # (split(y, (self.a.out_channels, ...))) records the dense value, which is what the plan's edit rewrites.
+    exported = plan.capture.startswith("export")
     gm = None
-    if plan.graph_edits:
-        gm = _graph_module(target, graph) if graph is not None else trace_fx(target, plan.leaf_modules)
+    if exported:  # the dense model's own export: the plan's node names are its nodes'
+        source = captured if captured is not None else trace_export(
+            model, _as_args(inputs), strict=plan.capture == "export-strict")
+        gm = exported_graph_module(target, source)
+    elif plan.graph_edits:
+        gm = _graph_module(target, captured.graph) if captured is not None else trace_fx(target, plan.leaf_modules)
     _resize_modules(target, plan, registry)
     if gm is not None:
         nodes = nodes_by_name(gm)
@@ -194,10 +211,17 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scop
         fresh_literals(gm.graph)  # torch.export interprets a GraphModule: calls must not get the graph's own lists
         gm.graph.lint()
         gm.recompile()
-    result: nn.Module = gm if gm is not None else target
+    if exported:
+        result: nn.Module = choose_result(target, gm, plan, inputs)
+    else:
+        result = gm if gm is not None else target
     _postcondition(result, plan, inputs)
     record_plan(result, plan, previous=previous)
     return result
+
+
+def _as_args(inputs: Any) -> tuple[Any, ...]:
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
 def _graph_module(root: nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:

@@ -30,8 +30,9 @@ from ..base.running import call_model, device_of, eval_mode
 from ..coupling import Role
 from ..planning import Plan
 from .apply import check_plan_fits
+from .difference import relative_difference
 
-__all__ = ["mask", "verify", "verdict", "Verdict", "relative_difference"]
+__all__ = ["mask", "verify", "verdict", "Verdict"]
 
 
 def mask(model: nn.Module, plan: Plan) -> nn.Module:
@@ -52,28 +53,6 @@ def mask(model: nn.Module, plan: Plan) -> nn.Module:
                 index[dim] = removed
                 tensor[tuple(index)] = 0
     return masked
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    torch.fx.node.map_aggregate(value, lambda v: out.append(v) if isinstance(v, torch.Tensor) else None)
-    return out
-
-
-def relative_difference(expected: Any, actual: Any) -> float:
-    """max |expected - actual| / max |expected|, over every output tensor."""
-    exp, act = _tensors(expected), _tensors(actual)
-    if len(exp) != len(act):
-        raise ValueError(f"{len(exp)} output tensors expected, got {len(act)}")
-    worst = 0.0
-    for e, a in zip(exp, act):
-        if e.shape != a.shape:
-            return float("inf")
-        e, a = e.double(), a.double()
-        scale = e.abs().max().item() if e.numel() else 0.0
-        diff = (e - a).abs().max().item() if e.numel() else 0.0
-        worst = max(worst, diff / max(scale, 1e-12))
-    return worst
 
 
 def verify(model: nn.Module, plan: Plan, shrunk: nn.Module, inputs: Any = None) -> float:

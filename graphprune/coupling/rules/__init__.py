@@ -3,17 +3,18 @@
 Each family module fills its own ``RULES`` table at import with decorators;
 :func:`default_registry` merges them into a fresh :class:`~graphprune.coupling.registry.Registry`,
 so that no caller ever mutates a shared table. :mod:`.torchvision` holds the rules for functions
-that torchvision wraps with ``torch.fx.wrap`` (Swin's shifted windows, MViT's pooling).
+that torchvision wraps with ``torch.fx.wrap`` (Swin's shifted windows, MViT's pooling); :mod:`.aten`
+keys the ATen ops of an exported graph to the rules of their torch-level twins.
 """
 
 from __future__ import annotations
 
 from ..registry import Registry
-from . import attention, contractions, elementwise, functional, layers, norms, reductions, repeat, shapes, torchvision
+from . import aten, attention, contractions, elementwise, functional, layers, norms, reductions, repeat, shapes, torchvision
 
 __all__ = ["default_registry"]
 
-FAMILIES = (layers, norms, attention, contractions, elementwise, reductions, shapes, repeat, functional, torchvision)
+FAMILIES = (layers, norms, attention, contractions, elementwise, reductions, shapes, repeat, functional, aten, torchvision)
 
 
 def default_registry() -> Registry:

@@ -10,15 +10,50 @@ import numpy as np
 
 from ..channels import Block, ChannelMap, LayoutError
 
-__all__ = ["input_arg", "arg", "pass_through", "join_rows", "join_tensor_arg", "project", "project_axes", "fix_untracked",
+__all__ = ["input_arg", "arg", "arg_path", "op_name", "pass_through", "join_rows", "join_tensor_arg", "project", "project_axes", "fix_untracked",
            "fix_untracked_dims", "last_dim_atoms"]
 
 
+# One argument under the names the torch function, the tensor method and the ATen schema give it.
+_ALIASES = (("input", "self"), ("shape", "size"), ("split_size_or_sections", "split_size", "split_sizes"))
+_SAME_NAMES = {name: group for group in _ALIASES for name in group}
+
+
+def op_name(node: torch.fx.Node) -> str:
+    """What a node calls, by name: a method's name, a function's, an ATen op's without its namespace and
+    overload (``aten.split_with_sizes.default`` is ``"split_with_sizes"``)."""
+    if node.op == "call_method":
+        return str(node.target)
+    schema = getattr(node.target, "_schema", None)
+    if schema is not None:
+        return schema.name.rpartition("::")[2]
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _position(node: torch.fx.Node, index: int, name: str) -> int | None:
+    """Where argument ``name`` sits positionally. The rules give it as in the torch-level function (``F.conv2d``,
+    ``x.view``); an exported graph calls ATen overloads, whose schema says where each argument is."""
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    if schema is None:
+        return index
+    names = [a.name for a in schema.arguments]
+    return next((names.index(n) for n in _SAME_NAMES.get(name, (name,)) if n in names), None)
+
+
 def arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
-    """A call argument by position or keyword."""
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
+    """A call argument by position or keyword (``index`` and ``name`` as the torch-level call takes it)."""
+    position = _position(node, index, name)
+    if position is not None and len(node.args) > position:
+        return node.args[position]
+    return next((node.kwargs[n] for n in _SAME_NAMES.get(name, (name,)) if n in node.kwargs), default)
+
+
+def arg_path(node: torch.fx.Node, index: int, name: str) -> tuple[Any, ...]:
+    """Where :func:`arg` found the argument, as a path into the node's args or kwargs (for a shape edit)."""
+    position = _position(node, index, name)
+    if position is not None and len(node.args) > position:
+        return (position,)
+    return (next((n for n in _SAME_NAMES.get(name, (name,)) if n in node.kwargs), name),)
 
 
 def input_arg(node: torch.fx.Node) -> Any:

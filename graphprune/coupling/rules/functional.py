@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..channels import Block, ChannelMap, LayoutError
 from ..context import Role
 from ..registry import Registry
-from ._common import arg, input_arg
+from ._common import arg, arg_path, input_arg
 
 __all__ = ["RULES"]
 
@@ -108,7 +108,7 @@ def _conv(ctx, node):
             out = np.repeat(in_atoms, mult)
             _meet(ctx, out, w_out, "the depthwise convolution's weight")
             # `groups` is a literal in the graph: it must follow the number of kept input channels.
-            path = (6,) if len(node.args) > 6 else ("groups",)
+            path = arg_path(node, 6, "groups")
             ctx.edit_shape(path, groups, Block((cdim,), in_atoms), 0)
     else:  # other grouped convs keep both sides, as the module rule does
         for atoms in (in_atoms, w_in, w_out):

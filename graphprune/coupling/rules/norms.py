@@ -25,7 +25,7 @@ from torch import nn
 from ..channels import Block, ChannelMap, LayoutError
 from ..context import Role
 from ..registry import Registry
-from ._common import arg, input_arg, join_rows, join_tensor_arg
+from ._common import arg, arg_path, input_arg, join_rows, join_tensor_arg
 
 __all__ = ["RULES"]
 
@@ -75,7 +75,7 @@ def functional_layer_norm(ctx, node):
     ndim = len(ctx.shape(x))
     cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
     shape_arg = arg(node, 1, "normalized_shape")
-    path = (1,) if len(node.args) > 1 else ("normalized_shape",)
+    path = arg_path(node, 1, "normalized_shape")
     if isinstance(shape_arg, int):
         sizes = [shape_arg]
     elif isinstance(shape_arg, (tuple, list)):
@@ -138,6 +138,6 @@ def functional_group_norm(ctx, node):
     join_tensor_arg(ctx, weight, 0, atoms, "group_norm")
     join_tensor_arg(ctx, bias, 0, atoms, "group_norm")
     # The block's dims are not tensor dims here: axis 0 of the grid counts the groups that survive.
-    path = (1,) if len(node.args) > 1 else ("num_groups",)
+    path = arg_path(node, 1, "num_groups")
     ctx.edit_shape(path, num_groups, Block((0, 1), grid), 0)
     return cmap

@@ -13,9 +13,9 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError, reshape_channels, reshape_groups
 from ..registry import Registry
-from ._common import arg, fix_untracked_dims, input_arg, pass_through, project
+from ._common import arg, arg_path, fix_untracked_dims, input_arg, op_name, pass_through, project
 
-__all__ = ["RULES"]
+__all__ = ["RULES", "slice_block"]
 
 RULES = Registry()
 
@@ -43,8 +43,7 @@ def _size_args(node: torch.fx.Node) -> tuple[list, tuple]:
         if not rest and "shape" in node.kwargs:
             return list(node.kwargs["shape"]), ("shape",)
         return list(rest), ()
-    shape = arg(node, 1, "shape")
-    return list(shape), ((1,) if len(node.args) > 1 else ("shape",))
+    return list(arg(node, 1, "shape")), arg_path(node, 1, "shape")
 
 
 @RULES.function(torch.reshape)
@@ -143,7 +142,7 @@ def transpose(ctx, node):
 @RULES.function(builtins.len, torch.numel)
 def shape_query(ctx, node):
     """Reads sizes: an int computed at run time. ``x.size(d)`` of a channel dim remembers its channels."""
-    if node.target != "size":
+    if op_name(node) not in ("size", "sym_size"):
         return None
     x = input_arg(node)
     sizes = _sizes_of(ctx, x)
@@ -219,22 +218,24 @@ def getitem(ctx, node):
         if set(b.dims) & set(sliced):
             if len(b.dims) != 1:
                 raise LayoutError(f"slicing one dim of a {len(b.dims)}-D channel block over dims {b.dims}")
-            b = _slice_block(ctx, b, in_shape[b.dims[0]], *sliced[b.dims[0]], wrapped=isinstance(index, tuple))
+            position, item = sliced[b.dims[0]]
+            at = (1, position) if isinstance(index, tuple) else (1,)
+            b = slice_block(ctx, b, in_shape[b.dims[0]], item, {"start": at + ("start",), "stop": at + ("stop",)})
         blocks.append(Block(tuple(old_to_new[d] for d in b.dims), b.atoms))
     return ChannelMap(tuple(blocks))
 
 
-def _slice_block(ctx, block: Block, size: int, position: int, item: slice, wrapped: bool) -> Block:
-    """``x[:, a:b]`` on a channel dim: keeps atoms a..b-1; a and b become counts of kept channels before them."""
+def slice_block(ctx, block: Block, size: int, item: slice, paths: dict[str, tuple]) -> Block:
+    """``x[:, a:b]`` on a channel dim: keeps atoms a..b-1; a and b become counts of kept channels before them.
+    ``paths`` says where the node holds each bound (``"start"``, ``"stop"``), for the shape edit."""
     bounds = (item.start, item.stop)
     if item.step not in (None, 1) or any(not isinstance(v, (int, type(None))) or (v is not None and v < 0) for v in bounds):
         raise LayoutError(f"slicing a channel dim with {item}: only constant, non-negative bounds and step 1 can be rewritten")
     start, stop = item.start or 0, size if item.stop is None else min(item.stop, size)
-    path = (1, position) if wrapped else (1,)
     for attr, bound in (("start", item.start), ("stop", item.stop)):
-        if bound:  # a bound of 0 or None stays as it is
+        if bound and not (attr == "stop" and bound >= size and bound > 2**31):  # 0, None and "to the end" stay
             prefix = block.atoms[:min(bound, size)]
-            ctx.edit_shape(path + (attr,), bound, Block((block.dims[0],), prefix), 0)
+            ctx.edit_shape(paths[attr], bound, Block((block.dims[0],), prefix), 0)
     return Block(block.dims, block.atoms[start:stop])
 
 
@@ -250,10 +251,8 @@ def split(ctx, node):
     x = input_arg(node)
     shape = ctx.shape(x)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
-    chunks = node.target in (torch.chunk, "chunk")
-    how = arg(node, 1, "chunks" if chunks else ("split_size_or_sections" if node.op == "call_function" else "split_size"))
-    if how is None and not chunks:
-        how = node.kwargs.get("split_size")
+    chunks = op_name(node) == "chunk"
+    how = arg(node, 1, "chunks" if chunks else "split_size_or_sections")
     dim = int(arg(node, 2, "dim", 0)) % len(shape)
     metas = node.meta["tensor_meta"]
     sizes = [m.shape[dim] for m in metas]
@@ -266,7 +265,7 @@ def split(ctx, node):
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     pieces = [block.atoms[a:a + n] for a, n in zip(starts, sizes)]
     if isinstance(how, (list, tuple)):
-        position = 1 if len(node.args) > 1 else ("split_size_or_sections" if node.op == "call_function" else "split_size")
+        position = arg_path(node, 1, "split_size_or_sections")[0]
         for k, (value, piece) in enumerate(zip(how, pieces)):
             if not isinstance(value, int):
                 raise LayoutError("split sizes computed at run time cannot be rewritten")
@@ -279,8 +278,7 @@ def split(ctx, node):
         if not chunks:
             if not isinstance(how, int):
                 raise LayoutError("a split size computed at run time cannot be rewritten")
-            position = 1 if len(node.args) > 1 else next(k for k in node.kwargs if k.startswith("split_size"))
-            ctx.edit_shape((position,), how, Block((dim,), pieces[0]), 0)
+            ctx.edit_shape(arg_path(node, 1, "split_size_or_sections"), how, Block((dim,), pieces[0]), 0)
     return [rest.with_block(Block((dim,), piece)) for piece in pieces]
 
 
@@ -349,9 +347,9 @@ def _join_same_dims(ctx, maps: list[ChannelMap], shapes) -> ChannelMap:
 @RULES.method("expand_as", "view_as", "reshape_as")
 def like(ctx, node):
     """``x.view_as(y)`` and friends: x takes y's shape; only a pure broadcast passes channels."""
-    if node.target == "expand_as":
+    if op_name(node) == "expand_as":
         return pass_through(ctx, node)
-    raise LayoutError(f"Tensor.{node.target} ties the layout to another tensor")
+    raise LayoutError(f"Tensor.{op_name(node)} ties the layout to another tensor")
 
 
 @RULES.method("expand")

@@ -1,0 +1,94 @@
+"""Capture with ``torch.export``: the models symbolic tracing turns away.
+
+``torch.fx`` symbolic tracing runs the forward on proxies, so a branch on a shape
+(``if x.shape[-1] >= 4``), a loop over a proxy (``for y in self.cv1(x).chunk(2, 1)``) or a
+decorated ``forward(*args, **kwargs)`` stops it. ``torch.export`` runs the forward on fake tensors
+with concrete example sizes, so such branches are resolved (and guarded), and it gives an ATen-level
+graph. Non-strict by default: the forward runs as Python, as the user wrote it.
+
+The exported program lifts parameters and buffers into inputs; :meth:`ExportedProgram.module` puts
+them back as ``get_attr`` nodes named by their state-dict names, on the user's own tensors, so the
+rules and the rewrite address the user's model exactly as on the FX path.
+
+A branch on values (``if x.sum() > 0``) is still refused: a graph specialised to the branch the
+example took would be wrong on the other.
+
+>>> import torch
+>>> class Branchy(torch.nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.conv = torch.nn.Conv2d(3, 4, 3)
+...     def forward(self, x):
+...         y = self.conv(x)
+...         return torch.nn.functional.max_pool2d(y, 2) if y.shape[-1] >= 4 else y
+>>> gm = trace_export(Branchy(), (torch.randn(1, 3, 8, 8),))
+>>> [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+['aten.conv2d.default', 'aten.max_pool2d.default']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from ..base.checks import check_model
+from ..base.errors import TraceError
+from ..base.running import eval_mode
+
+__all__ = ["trace_export", "export_error_reason"]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.export logs its failures (the graph so far, guard diagnostics) to stderr; the error says it better."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def export_error_reason(exc: BaseException) -> str:
+    """What stopped ``torch.export``, in a user's words, and the user's line where it happened."""
+    name = type(exc).__name__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "GuardOnDataDependentSymNode" in name or "data-dependent" in str(exc):
+        why = f"a branch on tensor values (data-dependent control flow): {first}"
+    else:
+        why = f"{name}: {first}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "/torch/" not in f.filename and "/graphprune/" not in f.filename]
+    if frames:
+        f = frames[-1]
+        why += f'\nsource: File "{f.filename}", line {f.lineno}, in {f.name}\n    {f.line}'
+    return why
+
+
+def trace_export(model: nn.Module, args: tuple[Any, ...], *, strict: bool = False) -> torch.fx.GraphModule:
+    """``torch.export`` ``model`` on positional ``args`` (in eval mode: BatchNorm on its running statistics) and
+    return the unlifted graph module: ATen ops, with ``get_attr`` nodes for the model's own parameters and
+    buffers. Raises :class:`TraceError` saying why the export failed."""
+    check_model(model)
+    try:
+        with torch.no_grad(), eval_mode(model), _quiet():
+            program = torch.export.export(model, tuple(args), strict=strict)
+    except Exception as exc:  # export raises many kinds: user errors, guards, unsupported Python
+        raise TraceError(
+            f"torch.export{' (strict)' if strict else ''} could not capture {type(model).__name__}: "
+            f"{export_error_reason(exc)}",
+            hint="a branch on tensor values cannot be captured by either path: compute it outside the model, or "
+                 "shrink a capturable submodule (graphprune.shrink_submodule)",
+        ) from exc
+    gm = program.module()
+    gm.meta["graphprune.exported"] = {"strict": strict}
+    return gm

@@ -1,0 +1,119 @@
+"""The ATen ops of a graph captured with ``torch.export``: each keyed to the rule of its torch-level twin.
+
+An exported graph calls ATen overloads (``aten.conv2d.default``, ``aten.view.default``) where a
+symbolically traced one calls modules, functions and tensor methods, and it reaches the model's
+parameters through ``get_attr`` nodes, as a model written with ``F.conv2d`` over its own tensors
+does. So every ATen op here is served by the rule that already handles its twin: the table below
+names the twin, and the rule reads its arguments by name through the op's schema
+(:func:`._common.arg`). Only the ops with no torch-level twin have rules of their own:
+``aten.slice`` and ``aten.select``, which a traced graph spells as indexing (``x[:, 16:]``). ``operator.getitem`` picks the outputs of multi-output ops (``split``,
+``unbind``) as in a traced graph, under its own rule.
+
+>>> import torch
+>>> RULES.function_rule(torch.ops.aten.conv2d) is RULES.function_rule(torch.ops.aten.conv1d)
+True
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..channels import Block, ChannelMap, LayoutError
+from ..registry import Registry
+from . import contractions, elementwise, functional, norms, reductions, repeat, shapes
+from ._common import arg, arg_path, input_arg
+
+__all__ = ["RULES", "TWINS"]
+
+aten = torch.ops.aten
+
+RULES = Registry()
+_FAMILIES = Registry()
+for _family in (contractions, elementwise, functional, norms, reductions, repeat, shapes):
+    _FAMILIES.update(_family.RULES)
+
+# ATen op (a packet: every overload, or one overload) -> its torch-level twin (a function, or a method name).
+TWINS: dict[object, object] = {
+    # layers over the model's own tensors
+    aten.conv1d: F.conv1d, aten.conv2d: F.conv2d, aten.conv3d: F.conv3d, aten.linear: F.linear,
+    aten.batch_norm: F.batch_norm, aten.instance_norm: F.instance_norm, aten.layer_norm: F.layer_norm,
+    aten.group_norm: F.group_norm,
+    # element-wise, one tensor
+    **{getattr(aten, name): name for name in (
+        "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "square", "clamp",
+        "clamp_", "clamp_min", "clamp_max", "contiguous", "clone", "detach", "type_as")},
+    **{getattr(aten, name): fn for name, fn in (
+        ("silu", F.silu), ("silu_", F.silu), ("gelu", F.gelu), ("hardtanh", F.hardtanh), ("hardtanh_", F.hardtanh),
+        ("hardswish", F.hardswish), ("hardswish_", F.hardswish), ("hardsigmoid", F.hardsigmoid),
+        ("hardsigmoid_", F.hardsigmoid), ("leaky_relu", F.leaky_relu), ("leaky_relu_", F.leaky_relu),
+        ("elu", F.elu), ("elu_", F.elu), ("mish", F.mish), ("mish_", F.mish), ("relu6", F.relu6),
+        ("softplus", F.softplus), ("dropout", F.dropout), ("dropout_", F.dropout),
+        ("feature_dropout", F.dropout2d), ("feature_dropout_", F.dropout2d), ("alpha_dropout", F.alpha_dropout))},
+    aten.alias: "clone", aten.lift_fresh_copy: "clone",
+    # element-wise, several tensors
+    **{getattr(aten, name): name for name in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum",
+                                              "minimum", "addcmul", "roll")},
+    aten.pad: F.pad, aten.constant_pad_nd: F.pad,
+    # pooling and resampling over space
+    aten.max_pool1d: F.max_pool1d, aten.max_pool2d: F.max_pool2d, aten.max_pool3d: F.max_pool3d,
+    aten.avg_pool1d: F.avg_pool1d, aten.avg_pool2d: F.avg_pool2d, aten.avg_pool3d: F.avg_pool3d,
+    aten.adaptive_avg_pool1d: F.adaptive_avg_pool1d, aten.adaptive_avg_pool2d: F.adaptive_avg_pool2d,
+    aten.adaptive_avg_pool3d: F.adaptive_avg_pool3d,
+    aten.upsample_nearest2d: F.interpolate, aten.upsample_bilinear2d: F.interpolate,
+    aten.upsample_nearest1d: F.interpolate, aten.upsample_nearest3d: F.interpolate,
+    # reductions
+    aten.mean: "mean", aten.sum: "sum", aten.amax: "amax", aten.amin: "amin",
+    aten.linalg_vector_norm: torch.linalg.vector_norm, aten.norm: "norm",
+    # contractions and attention
+    aten.matmul: "matmul", aten.bmm: "bmm", aten.einsum: torch.einsum,
+    aten.scaled_dot_product_attention: F.scaled_dot_product_attention,
+    aten.softmax: "softmax", aten._softmax: "softmax", aten.log_softmax: "log_softmax",
+    # shapes
+    aten.view: "view", aten.reshape: "reshape", aten._unsafe_view: "view", aten.reshape_as: "reshape_as",
+    aten.view_as: "view_as", aten.expand_as: "expand_as", aten.expand: "expand", aten.flatten: "flatten",
+    aten.unflatten: "unflatten", aten.permute: "permute", aten.transpose: "transpose", aten.unsqueeze: "unsqueeze",
+    aten.squeeze: "squeeze", aten.cat: torch.cat, aten.stack: torch.stack, aten.split: "split",
+    aten.split_with_sizes: "split", aten.chunk: "chunk", aten.unbind: "unbind", aten.tensor_split: "tensor_split",
+    aten.repeat_interleave: "repeat_interleave", aten.sym_size: "size",
+}
+
+
+def _twin_rule(twin: object):
+    return _FAMILIES.method_rule(twin) if isinstance(twin, str) else _FAMILIES.function_rule(twin)
+
+
+for _op, _twin in TWINS.items():
+    RULES.function(_op)(_twin_rule(_twin))
+
+
+@RULES.function(aten.slice.Tensor)
+def slice_dim(ctx, node):
+    """``aten.slice(x, dim, start, end, step)``, a traced ``x[:, start:end]``: a channel dim keeps the atoms in
+    range, and its bounds become counts of kept channels."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    dim = int(arg(node, 1, "dim", 0)) % len(shape)
+    block = cmap.block_at(dim)
+    item = slice(arg(node, 2, "start"), arg(node, 3, "end"), arg(node, 4, "step", 1))
+    if block is None or item == slice(None, None, 1) or (item.start in (None, 0) and item.stop is not None
+                                                         and isinstance(item.stop, int) and item.stop >= shape[dim]):
+        return cmap
+    if len(block.dims) != 1:
+        raise LayoutError(f"slicing one dim of a {len(block.dims)}-D channel block over dims {block.dims}")
+    paths = {"start": arg_path(node, 2, "start"), "stop": arg_path(node, 3, "end")}
+    return cmap.without(dim).with_block(shapes.slice_block(ctx, block, shape[dim], item, paths))
+
+
+@RULES.function(aten.select.int)
+def select(ctx, node):
+    """``aten.select(x, dim, index)``, a traced ``x[:, i]``: the dim goes; indexing a channel dim is refused."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    dim = int(arg(node, 1, "dim")) % len(shape)
+    if dim in cmap.dims:
+        raise LayoutError(f"indexing channel dim {dim} with an int")
+    return ChannelMap(tuple(Block(tuple(d - (d > dim) for d in b.dims), b.atoms) for b in cmap.blocks))
+

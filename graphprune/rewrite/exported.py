@@ -1,0 +1,97 @@
+"""What a plan made on an exported graph gives back: the user's own class when it is proven equivalent, else the
+rewritten exported graph.
+
+Slicing the user's tensors and resizing their modules gives a copy of the user's class at the new widths. Its
+forward is the user's Python, which may fix a width where the graph only saw a number (``split(y, (64, 64), 1)``,
+an ``int`` attribute that no resizer updates), so it is run against the rewritten exported graph, whose
+constants the plan edited: if they agree, the class is returned; if not, the graph is, with a
+:class:`~graphprune.RewriteWarning` that names the lines whose widths the graph rewrote.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from ..base.errors import RewriteWarning
+from ..base.running import call_model, eval_mode
+from ..planning import Plan
+from .difference import relative_difference
+
+__all__ = ["exported_graph_module", "choose_result"]
+
+AGREE = 1e-5  # float32 round-off between two evaluations of one function in a different order
+
+
+def exported_graph_module(root: nn.Module, exported: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A graph module running a copy of ``exported``'s graph over ``root``'s tensors (the rewrite's sliced ones),
+    with the exported module's own helpers (its guards) and its input/output structure."""
+    graph = torch.fx.Graph()
+    remap: dict[torch.fx.Node, torch.fx.Node] = {}
+    for node in exported.graph.nodes:
+        remap[node] = graph.node_copy(node, lambda n: remap[n])
+        remap[node].meta = {k: v for k, v in node.meta.items() if k == "stack_trace"}
+    graph._codegen = exported.graph._codegen  # the pytree in/out structure: the same call signature
+    owners: dict[str, Any] = {}
+    for node in graph.nodes:
+        if node.op in ("get_attr", "call_module"):
+            source = root if node.op == "get_attr" else exported
+            try:
+                owners[node.target] = _attribute(source, node.target)
+            except AttributeError:
+                owners[node.target] = _attribute(exported, node.target)  # a constant the export lifted
+    gm = torch.fx.GraphModule(owners, graph, type(root).__name__)
+    for spec in ("_in_spec", "_out_spec"):
+        if hasattr(exported, spec):
+            setattr(gm, spec, getattr(exported, spec))
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _attribute(module: nn.Module, path: str) -> Any:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def choose_result(candidate: nn.Module, graph: torch.fx.GraphModule, plan: Plan, inputs: Any) -> nn.Module:
+    """``candidate`` (the user's class, resized) if its forward computes what ``graph`` does on random inputs of
+    the plan's shapes, else ``graph``, with a warning saying why and where a width is fixed in Python."""
+    sample = plan.example_inputs(next((t.device for t in candidate.parameters()), "cpu"), random=True) or inputs
+    why = None
+    try:
+        with torch.no_grad(), eval_mode(candidate):
+            mine = call_model(candidate, sample)
+        with torch.no_grad():
+            theirs = call_model(graph, sample)
+        difference = relative_difference(theirs, mine)
+        if difference > AGREE:
+            why = f"its forward computes something else at the new widths (max relative difference {difference:.1e})"
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's forward at the new widths decides it
+        why = f"its forward fails at the new widths ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if why is None:
+        return candidate
+    lines = sorted({_user_line(n) for n in graph.graph.nodes
+                    if n.name in {e.node for e in plan.graph_edits} and _user_line(n)})
+    where = (" The rewritten graph changed widths written in " + "; ".join(lines[:3])
+             + ("; ..." if len(lines) > 3 else "") + ".") if lines else ""
+    warnings.warn(
+        f"returning the rewritten exported graph (a torch.fx.GraphModule), not {type(candidate).__name__}: {why}."
+        f"{where} Compute those widths from tensor shapes, or register a resizer for the module that holds them "
+        "(graphprune.default_registry().resizer(YourModule)), to get your class back.",
+        RewriteWarning, stacklevel=4)
+    return graph
+
+
+def _user_line(node: torch.fx.Node) -> str | None:
+    trace = node.meta.get("stack_trace")
+    if not trace:
+        return None
+    frames = [line.strip() for line in trace.strip().splitlines() if line.strip().startswith("File ")]
+    user = [f for f in frames if "/torch/" not in f]
+    return (user or frames or [None])[-1]
