@@ -88,7 +88,12 @@ class Coupling:
         names = []
         for source in group.sources:
             node = self.nodes.get(source)
-            names.append(str(node.target) if node is not None and node.op in ("call_module", "get_attr") else source)
+            if node is not None and node.op == "call_module":
+                names.append(str(node.target))
+            elif node is not None and node.op == "get_attr":  # a tensor the graph reads (F.conv2d, an export)
+                names.append(str(node.target).rpartition(".")[0] or str(node.target))
+            else:
+                names.append(source)
         return names
 
 

@@ -11,11 +11,11 @@ import numpy as np
 from ..channels import Block, ChannelMap, LayoutError
 
 __all__ = ["input_arg", "arg", "arg_path", "op_name", "pass_through", "join_rows", "join_tensor_arg", "project", "project_axes", "fix_untracked",
-           "fix_untracked_dims", "last_dim_atoms"]
+           "fix_untracked_dims", "last_dim_atoms", "join_along"]
 
 
 # One argument under the names the torch function, the tensor method and the ATen schema give it.
-_ALIASES = (("input", "self"), ("shape", "size"), ("split_size_or_sections", "split_size", "split_sizes"))
+_ALIASES = (("input", "self", "indices"), ("shape", "size"), ("split_size_or_sections", "split_size", "split_sizes"))
 _SAME_NAMES = {name: group for group in _ALIASES for name in group}
 
 
@@ -178,3 +178,11 @@ def last_dim_atoms(ctx, x: Any, what: str) -> tuple[int, np.ndarray | None]:
     if cmap.dims - {ndim - 1}:
         raise LayoutError(f"{what} input carries channels on dims {sorted(cmap.dims - {ndim - 1})}, not only its feature dim")
     return ndim - 1, cmap.at(ndim - 1)
+
+
+def join_along(ctx, atoms: np.ndarray, axis: int) -> None:
+    """Join every row of ``atoms`` along ``axis`` into one channel: that axis then never shrinks, and only whole
+    rows (the heads of a ``heads x head_dim`` block) can go."""
+    rows = np.moveaxis(atoms, axis, -1).reshape(-1, atoms.shape[axis])
+    for j in range(1, rows.shape[1]):
+        ctx.join(rows[:, 0], rows[:, j])

@@ -38,11 +38,12 @@ TWINS: dict[object, object] = {
     # layers over the model's own tensors
     aten.conv1d: F.conv1d, aten.conv2d: F.conv2d, aten.conv3d: F.conv3d, aten.linear: F.linear,
     aten.batch_norm: F.batch_norm, aten.instance_norm: F.instance_norm, aten.layer_norm: F.layer_norm,
-    aten.group_norm: F.group_norm,
+    aten.group_norm: F.group_norm, aten.embedding: F.embedding,
     # element-wise, one tensor
     **{getattr(aten, name): name for name in (
         "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "square", "clamp",
-        "clamp_", "clamp_min", "clamp_max", "contiguous", "clone", "detach", "type_as")},
+        "clamp_", "clamp_min", "clamp_max", "contiguous", "clone", "detach", "type_as", "rsqrt", "cos", "sin", "log",
+        "log1p", "expm1", "erf", "reciprocal", "sign", "pow")},
     **{getattr(aten, name): fn for name, fn in (
         ("silu", F.silu), ("silu_", F.silu), ("gelu", F.gelu), ("hardtanh", F.hardtanh), ("hardtanh_", F.hardtanh),
         ("hardswish", F.hardswish), ("hardswish_", F.hardswish), ("hardsigmoid", F.hardsigmoid),
@@ -50,7 +51,7 @@ TWINS: dict[object, object] = {
         ("elu", F.elu), ("elu_", F.elu), ("mish", F.mish), ("mish_", F.mish), ("relu6", F.relu6),
         ("softplus", F.softplus), ("dropout", F.dropout), ("dropout_", F.dropout),
         ("feature_dropout", F.dropout2d), ("feature_dropout_", F.dropout2d), ("alpha_dropout", F.alpha_dropout))},
-    aten.alias: "clone", aten.lift_fresh_copy: "clone",
+    aten.alias: "clone", aten.lift_fresh_copy: "clone", aten.to: "to", aten._to_copy: "to",
     # element-wise, several tensors
     **{getattr(aten, name): name for name in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum",
                                               "minimum", "addcmul", "roll")},
@@ -87,6 +88,25 @@ for _op, _twin in TWINS.items():
     RULES.function(_op)(_twin_rule(_twin))
 
 
+@RULES.function(aten.adaptive_max_pool1d, aten.adaptive_max_pool2d, aten.adaptive_max_pool3d,
+                aten.max_pool1d_with_indices, aten.max_pool2d_with_indices, aten.max_pool3d_with_indices)
+def pool_with_indices(ctx, node):
+    """Max pooling that also returns the argmax indices (ATen's form of ``return_indices``): both outputs are
+    pooled over space, so both carry the input's channels."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    elementwise.check_pooled(ctx, x, len(shape) - 2)
+    out = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    return (out, out)
+
+
+@RULES.function(aten._assert_tensor_metadata, aten._assert_scalar, aten.sym_constrain_range_for_size,
+                aten._assert_async)
+def assertion(ctx, node):
+    """A check the export inserted (a tensor's dtype and device, a size's range): it computes nothing."""
+    return None
+
+
 @RULES.function(aten.slice.Tensor)
 def slice_dim(ctx, node):
     """``aten.slice(x, dim, start, end, step)``, a traced ``x[:, start:end]``: a channel dim keeps the atoms in
@@ -100,10 +120,8 @@ def slice_dim(ctx, node):
     if block is None or item == slice(None, None, 1) or (item.start in (None, 0) and item.stop is not None
                                                          and isinstance(item.stop, int) and item.stop >= shape[dim]):
         return cmap
-    if len(block.dims) != 1:
-        raise LayoutError(f"slicing one dim of a {len(block.dims)}-D channel block over dims {block.dims}")
     paths = {"start": arg_path(node, 2, "start"), "stop": arg_path(node, 3, "end")}
-    return cmap.without(dim).with_block(shapes.slice_block(ctx, block, shape[dim], item, paths))
+    return cmap.without(dim).with_block(shapes.slice_block(ctx, block, shape[dim], item, paths, dim))
 
 
 @RULES.function(aten.select.int)

@@ -10,6 +10,7 @@ import operator
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,12 +32,14 @@ _UNARY_FUNCTIONS = (
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
     F.silu, F.mish, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.hardswish, F.hardsigmoid,
     F.hardtanh, F.softplus, F.logsigmoid, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.alpha_dropout, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.square, torch.clamp,
+    F.alpha_dropout, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.square, torch.clamp, torch.rsqrt, torch.cos,
+    torch.sin, torch.log, torch.log1p, torch.expm1, torch.erf, torch.reciprocal, torch.sign,
     # Zeroes whole samples (rows) or the whole batch at random in training; the identity in eval.
     "torchvision.ops.stochastic_depth.stochastic_depth",
 )
 _UNARY_METHODS = (
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "square",
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "square", "rsqrt", "cos",
+    "sin", "log", "log1p", "expm1", "erf", "reciprocal", "sign",
     "clamp", "clamp_", "clamp_min", "clamp_max", "contiguous", "clone", "detach", "float", "half",
     "bfloat16", "double", "to", "type_as",
 )
@@ -50,15 +53,19 @@ def unary(ctx, node):
     return pass_through(ctx, node)
 
 
+def check_pooled(ctx, x, spatial: int) -> None:
+    """Pooling mixes the last ``spatial`` dims of ``x``: none of them may carry channels."""
+    shape = ctx.shape(x)
+    cmap = ctx.channels(x)
+    if cmap is not None and shape is not None:
+        pooled = set(range(len(shape) - spatial, len(shape)))
+        if pooled & cmap.normalized(len(shape)).dims:
+            raise LayoutError(f"pooling over the last {spatial} dims would mix channels")
+
+
 def _pooling(spatial: int):
     def rule(ctx, node):
-        x = input_arg(node)
-        shape = ctx.shape(x)
-        cmap = ctx.channels(x)
-        if cmap is not None and shape is not None:
-            pooled = set(range(len(shape) - spatial, len(shape)))
-            if pooled & cmap.normalized(len(shape)).dims:
-                raise LayoutError(f"pooling over the last {spatial} dims would mix channels")
+        check_pooled(ctx, input_arg(node), spatial)
         return pass_through(ctx, node)
 
     rule.__doc__ = f"Pools over the last {spatial} dims; channels elsewhere pass through."
@@ -196,6 +203,16 @@ def binary(ctx, node):
     """Element-wise arithmetic: every operand's channels are joined (a residual add, an SE multiply)."""
     operands = [node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
     return broadcast_join(ctx, node, operands)
+
+
+@RULES.function(torch.pow)
+@RULES.method("pow", "pow_")
+def power(ctx, node):
+    """``x ** p``: element-wise; a number exponent acts on each element, a tensor one is joined like any operand."""
+    exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
+    if isinstance(exponent, torch.fx.Node):
+        return broadcast_join(ctx, node, [node.args[0], exponent])
+    return pass_through(ctx, node)
 
 
 @RULES.function(torch.addcmul)

@@ -170,3 +170,21 @@ def batch_norm(ctx, node):
         _meet(ctx, atoms, value_atoms, f"the {name}")
         _claim(ctx, value, 0, value_atoms, role)
     return cmap
+
+
+@RULES.function(F.embedding)
+def embedding(ctx, node):
+    """``F.embedding(ids, weight)``: rows of the table picked by index (pinned: not channels); its columns
+    (weight dim 1) produce the output's last dim."""
+    ids, weight = input_arg(node), arg(node, 1, "weight")
+    if ctx.channels(ids):
+        raise LayoutError("embedding indices that carry channels")
+    if arg(node, 3, "max_norm") is not None:
+        raise LayoutError("F.embedding with max_norm renormalises every row over all its columns")
+    w_map = _tensor_map(ctx, weight)
+    rows, columns = w_map.at(0), w_map.at(1)
+    if rows is not None:
+        ctx.pin(rows, "embedding rows, picked by index")
+    _claim(ctx, weight, 1, columns, Role.PRODUCER)
+    last = len(ctx.shape(node)) - 1
+    return ChannelMap() if columns is None else ChannelMap.single(last, columns)

@@ -106,3 +106,25 @@ def per_channel_norm(ctx, node):
 def resize_per_channel_norm(m: nn.Module) -> None:
     tensor = m.weight if m.weight is not None else m.running_mean
     m.num_features = tensor.shape[0]
+
+
+@RULES.module(nn.Embedding)
+def embedding(ctx, node):
+    """Looks rows of a table up by index: the table's columns (weight dim 1) produce the output's last dim.
+
+    The indices carry no channels; the rows are picked by value, so they are not channels either. A table
+    with ``max_norm`` renormalises each row over all its columns in place, so it is refused.
+    """
+    m = ctx.module(node)
+    if m.max_norm is not None:
+        raise LayoutError("nn.Embedding with max_norm renormalises every row over all its columns")
+    if ctx.channels(input_arg(node)):
+        raise LayoutError("embedding indices that carry channels")
+    out = ctx.new_channels(m.embedding_dim)
+    ctx.use_tensor(node.target, "weight", 1, out, Role.PRODUCER)
+    return ChannelMap.single(len(ctx.shape(node)) - 1, out)
+
+
+@RULES.resizer(nn.Embedding)
+def resize_embedding(m: nn.Embedding) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape

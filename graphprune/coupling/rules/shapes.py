@@ -13,7 +13,7 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError, reshape_channels, reshape_groups
 from ..registry import Registry
-from ._common import arg, arg_path, fix_untracked_dims, input_arg, op_name, pass_through, project
+from ._common import arg, arg_path, fix_untracked_dims, input_arg, join_along, op_name, pass_through, project
 
 __all__ = ["RULES", "slice_block"]
 
@@ -215,23 +215,30 @@ def getitem(ctx, node):
             raise LayoutError(f"advanced indexing with {type(item).__name__} of a tensor that carries channels")
     blocks = []
     for b in cmap.blocks:
-        if set(b.dims) & set(sliced):
-            if len(b.dims) != 1:
-                raise LayoutError(f"slicing one dim of a {len(b.dims)}-D channel block over dims {b.dims}")
-            position, item = sliced[b.dims[0]]
+        for d in [d for d in b.dims if d in sliced]:
+            position, item = sliced[d]
             at = (1, position) if isinstance(index, tuple) else (1,)
-            b = slice_block(ctx, b, in_shape[b.dims[0]], item, {"start": at + ("start",), "stop": at + ("stop",)})
+            b = slice_block(ctx, b, in_shape[d], item, {"start": at + ("start",), "stop": at + ("stop",)}, d)
         blocks.append(Block(tuple(old_to_new[d] for d in b.dims), b.atoms))
     return ChannelMap(tuple(blocks))
 
 
-def slice_block(ctx, block: Block, size: int, item: slice, paths: dict[str, tuple]) -> Block:
+def slice_block(ctx, block: Block, size: int, item: slice, paths: dict[str, tuple], dim: int | None = None) -> Block:
     """``x[:, a:b]`` on a channel dim: keeps atoms a..b-1; a and b become counts of kept channels before them.
-    ``paths`` says where the node holds each bound (``"start"``, ``"stop"``), for the shape edit."""
+    ``paths`` says where the node holds each bound (``"start"``, ``"stop"``), for the shape edit.
+
+    On one axis of a multi-dim block (``dim``: the head_dim of ``heads x head_dim``, sliced by rotary
+    embeddings' ``rotate_half``) the bounds stay constant instead: every row along that axis is joined into
+    one channel, so the axis keeps its size and only whole rows (heads) can go.
+    """
     bounds = (item.start, item.stop)
     if item.step not in (None, 1) or any(not isinstance(v, (int, type(None))) or (v is not None and v < 0) for v in bounds):
         raise LayoutError(f"slicing a channel dim with {item}: only constant, non-negative bounds and step 1 can be rewritten")
     start, stop = item.start or 0, size if item.stop is None else min(item.stop, size)
+    if len(block.dims) > 1:
+        axis = block.dims.index(dim)
+        join_along(ctx, block.atoms, axis)
+        return Block(block.dims, np.take(block.atoms, np.arange(start, stop), axis=axis))
     for attr, bound in (("start", item.start), ("stop", item.stop)):
         if bound and not (attr == "stop" and bound >= size and bound > 2**31):  # 0, None and "to the end" stay
             prefix = block.atoms[:min(bound, size)]
@@ -302,6 +309,8 @@ def cat(ctx, node):
     joined = _join_same_dims(ctx, others, [ctx.shape(t) for t in tensors])
     if all(m.block_at(dim) is None for m in maps):
         return joined  # a token dim (ViT's class token and patches): no channels along it
+    if any(m.block_at(dim) is not None and len(m.block_at(dim).dims) > 1 for m in maps):
+        return joined.with_block(_cat_blocks(ctx, [m.block_at(dim) for m in maps], dim))
     pieces = []
     for t, cmap in zip(tensors, maps):
         atoms = cmap.at(dim)
@@ -310,6 +319,20 @@ def cat(ctx, node):
             ctx.pin(atoms, "concatenated input without prunable channels")
         pieces.append(atoms)
     return joined.with_block(Block((dim,), np.concatenate(pieces)))
+
+
+def _cat_blocks(ctx, blocks: list[Block | None], dim: int) -> Block:
+    """Concatenation along one axis of multi-dim blocks (the two halves of ``rotate_half`` over head_dim): every
+    row along that axis becomes one channel, and row i of every input is the same, so whole rows go together."""
+    first = blocks[0]
+    if any(b is None or b.dims != first.dims for b in blocks):
+        raise LayoutError(f"concatenating along dim {dim}, part of a {len(first.dims) if first else 0}-D channel block, "
+                          "with inputs whose blocks differ")
+    axis = first.dims.index(dim)
+    for b in blocks:
+        join_along(ctx, b.atoms, axis)
+        ctx.join(np.take(first.atoms, 0, axis=axis), np.take(b.atoms, 0, axis=axis))
+    return Block(first.dims, np.concatenate([b.atoms for b in blocks], axis=axis))
 
 
 @RULES.function(torch.stack)
