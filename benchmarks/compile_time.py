@@ -15,7 +15,12 @@ shrunk models' sizes.
 
 ``--startup`` times ``graphprune --help`` and ``--version`` against a bare ``import torch``.
 
+``--paths`` compares the two capture paths on the same models (default resnet50), alternating: symbolic
+tracing (``Scope(capture="fx")``) and ``torch.export`` (``Scope(capture="export")``), each split into capture
+(graph and shapes), couple + plan, and apply (rewrite and check).
+
 Run: python benchmarks/compile_time.py [--models resnet50 ...] [--repeats 5] [--cold] [--memory] [--startup]
+     [--paths [MODEL ...]]
 (Torch-Pruning: ``pip install torch-pruning==1.6.1``, never a graphprune dependency.)
 """
 
@@ -43,7 +48,7 @@ import graphprune  # noqa: E402
 from graphprune.capture.fx import trace_fx  # noqa: E402
 from graphprune.capture.inputs import positional_inputs  # noqa: E402
 from graphprune.capture.shapes import propagate_shapes  # noqa: E402
-from graphprune.capture import Captured  # noqa: E402
+from graphprune.capture import Captured, capture  # noqa: E402
 from graphprune.coupling import couple  # noqa: E402
 from graphprune.planning import plan_coupling  # noqa: E402
 from graphprune.rewrite import apply as rewrite_apply  # noqa: E402
@@ -101,6 +106,37 @@ def phases(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     out["apply"] -= checked[0]
     out["check"] = checked[0]
     return out
+
+
+def path_phases(model: nn.Module, x: torch.Tensor, method: str) -> dict[str, float]:
+    """One capture path's capture, couple + plan, and apply times (the calls api.shrink makes)."""
+    marks = [time.perf_counter()]
+    captured = capture(model, x, method=method)
+    marks.append(time.perf_counter())
+    plan = plan_coupling(couple(captured), 0.5)
+    marks.append(time.perf_counter())
+    rewrite_apply.apply_plan(model, plan, example_inputs=captured.args, captured=captured.gm)
+    marks.append(time.perf_counter())
+    times = dict(zip(("capture", "couple+plan", "apply"), (b - a for a, b in zip(marks, marks[1:]))))
+    return {**times, "total": marks[-1] - marks[0]}
+
+
+def paths(names: list[str], repeats: int) -> None:
+    print(f"\nCapture paths, one thread, warm process, ratio 0.5, medians of {repeats} alternating rounds\n")
+    print("| model | path | capture (s) | couple + plan (s) | apply (s) | total (s) | total / fx |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        model, x = build(name)
+        runs: dict[str, list[dict]] = {"fx": [], "export": []}
+        for method in runs:
+            path_phases(model, x, method)  # warm-up: export's first call compiles its own caches
+        for _ in range(repeats):
+            for method, rs in runs.items():
+                rs.append(path_phases(model, x, method))
+        med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
+        for method, m in med.items():
+            print(f"| {name} | {method} | {m['capture']:.3f} | {m['couple+plan']:.3f} | {m['apply']:.3f} | "
+                  f"{m['total']:.3f} | {m['total'] / med['fx']['total']:.2f}x |")
 
 
 def timed(fn) -> float:
@@ -198,6 +234,8 @@ def main() -> None:
     parser.add_argument("--cold", nargs="*", default=None, metavar="MODEL",
                         help="first call in a fresh process, for these models (default resnet50 mobilenet_v2)")
     parser.add_argument("--memory", action="store_true", help="peak RSS of shrink(vgg16_bn) in a fresh process")
+    parser.add_argument("--paths", nargs="*", default=None, metavar="MODEL",
+                        help="symbolic tracing against torch.export on these models (default resnet50)")
     parser.add_argument("--startup", action="store_true",
                         help="graphprune --help / --version against a bare `import torch`, in fresh processes")
     args = parser.parse_args()
@@ -206,6 +244,8 @@ def main() -> None:
     if args.startup:
         startup()
     with_tp = not args.no_torch_pruning
+    if args.paths is not None:
+        paths(args.paths or ["resnet50"], args.repeats)
     rows = warm(args.models, args.repeats, with_tp) if args.models else []
     if not rows:
         return

@@ -8,10 +8,17 @@ file as they complete: a rerun skips them (pass ``--force`` to redo), so the swe
     python benchmarks/zoo.py                          # all 95 models -> docs/zoo.md, docs/zoo.csv
     python benchmarks/zoo.py resnet18 mobilenet_v2    # some models
     python benchmarks/zoo.py --family classification --timeout 600
-    python benchmarks/zoo.py --family timm            # 70 timm models -> docs/zoo_timm.md, docs/zoo_timm.csv
+    python benchmarks/zoo.py --family timm            # timm: curated + one per family -> docs/zoo_timm.md, .csv
+    python benchmarks/zoo.py --refresh-timm-families  # re-pick the smallest model of each timm module
 
-A model graphprune refuses (an op whose channel semantics it does not know, a forward torch.fx cannot
-trace) is a "refused" row with the error's first line; "error" is anything else.
+A model graphprune refuses (an op whose channel semantics it does not know, a forward neither torch.fx nor
+torch.export can capture) is a "refused" row with the error's first line; "error" is anything else. *capture*
+says which path captured the model: ``fx`` (symbolic tracing) or ``export`` (``torch.export``, used when
+tracing fails).
+
+timm's list is the curated one below plus one model of every timm family (``timm.list_modules()``): the one
+with the fewest parameters, counted on the meta device, skipping timm's ``test_*`` models. The picks are
+stored in ``benchmarks/timm_families.json`` (with the timm version), since counting takes minutes.
 
 Columns: prunable groups found; parameters and MACs before and after; the masked-vs-shrunk
 relative difference (``graphprune.verify``), or "not exact" with the reasons the plan gives
@@ -52,15 +59,44 @@ TIMM_MODELS = (
     "resmlp_12_224 inception_next_atto repghostnet_050 hgnetv2_b0 dm_nfnet_f0 vovnet39a ese_vovnet19b_dw "
     "rdnet_tiny starnet_s1 mambaout_femto"
 ).split()
+FAMILY_PICKS = Path(__file__).with_name("timm_families.json")
 COLUMNS = [
-    "model", "family", "status", "input", "groups", "params_before", "params_after", "macs_before", "macs_after",
+    "model", "family", "status", "capture", "input", "groups", "params_before", "params_after", "macs_before", "macs_after",
     "equivalence", "shrink_s", "jit_trace", "export", "fx", "error",
 ]
 
 
+def pick_timm_families() -> dict[str, str]:
+    """The smallest model (fewest parameters, built on the meta device) of every timm module, by module."""
+    import timm
+    import torch
+
+    picks = {}
+    for module in timm.list_modules():
+        sizes = []
+        for name in timm.list_models(module=module):
+            if name.startswith("test_"):
+                continue  # timm's own miniature test models: no user prunes those
+            try:
+                with torch.device("meta"):
+                    model = timm.create_model(name, pretrained=False)
+            except Exception:  # noqa: BLE001 - a model that does not build on meta is not a candidate
+                continue
+            sizes.append((sum(p.numel() for p in model.parameters()), name))
+        if sizes:
+            picks[module] = min(sizes)[1]
+    return picks
+
+
+def timm_family_models() -> list[str]:
+    if not FAMILY_PICKS.exists():
+        return []
+    return list(json.loads(FAMILY_PICKS.read_text())["picks"].values())
+
+
 def model_names(family: str) -> list[str]:
     if family == "timm":
-        return list(TIMM_MODELS)
+        return list(dict.fromkeys([*TIMM_MODELS, *timm_family_models()]))
     import torchvision.models as M
 
     module = {"classification": M, "segmentation": M.segmentation, "video": M.video}[family]
@@ -145,6 +181,7 @@ def run_one(name: str, family: str, ratio: float) -> dict:
     plan = graphprune.plan(model, ratio, example_inputs=x)
     shrunk = graphprune.apply(model, plan, example_inputs=x)
     row["shrink_s"] = round(time.perf_counter() - start, 2)
+    row["capture"] = plan.capture
     row["groups"] = sum(1 for g in plan.groups if g.removed)
     row["params_after"] = graphprune.count_params(shrunk)
     row["macs_after"] = graphprune.count_macs(shrunk, x)
@@ -247,8 +284,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="writes OUT.md and OUT.csv (default docs/zoo)")
     parser.add_argument("--force", action="store_true", help="rerun models that already have a row")
     parser.add_argument("--render-only", action="store_true", help="write the tables from the stored rows, run nothing")
+    parser.add_argument("--refresh-timm-families", action="store_true",
+                        help=f"re-pick one timm model per family into {FAMILY_PICKS.name}, then stop")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.refresh_timm_families:
+        import timm
+
+        picks = pick_timm_families()
+        FAMILY_PICKS.write_text(json.dumps({"timm": timm.__version__, "picks": picks}, indent=1, sort_keys=True) + "\n")
+        print(f"{len(picks)} timm families -> {FAMILY_PICKS}")
+        return
     if args.child:
         _child(args.child, args.family[0], args.ratio, args.mem_gb)
         return

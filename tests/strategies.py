@@ -16,6 +16,10 @@ element-wise multiply, concatenation, chunk/split, a squeeze-and-excitation
 block (a broadcast multiply), and flatten. Ops on feature vectors (N x F):
 Linear, activations, add. Convolutions and Linear layers also come as F.conv2d / F.linear over
 parameters the network holds itself.
+
+Some networks are only for ``torch.export``: a branch on a shape (pool only when the map is wide enough), a
+list of chunks (``list(x.chunk(n, 1))``, YOLO's C2f), and a top-level ``forward(*args, **kwargs)`` that
+iterates its arguments. Symbolic tracing refuses them, so they exercise the automatic export path.
 """
 
 from __future__ import annotations
@@ -68,12 +72,13 @@ class NetSpec:
     seed: int = 0
     train: bool = False
     batch: int = 2
+    star: bool = False  # forward(*args, **kwargs): only torch.export captures it
 
     def build(self) -> nn.Module:
         """The model, with weights and BatchNorm statistics drawn from ``seed`` (global RNG untouched)."""
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            model = FuzzNet(self.steps, self.outputs)
+            model = (StarFuzzNet if self.star else FuzzNet)(self.steps, self.outputs)
             _randomize_norms(model)
         return model.train(self.train)
 
@@ -128,6 +133,14 @@ class FuzzNet(nn.Module):
         if len(self.outputs) == 1:
             return values[self.outputs[0]]
         return tuple(values[j] for j in self.outputs)
+
+
+class StarFuzzNet(FuzzNet):
+    """A FuzzNet whose forward takes ``*args, **kwargs`` and iterates them, as decorated forwards do."""
+
+    def forward(self, *args, **kwargs):
+        inputs = [a for a in args]  # iterating the arguments: a proxy cannot be iterated
+        return super().forward(*inputs, **kwargs)
 
 
 def _make_module(step: Step) -> nn.Module | None:
@@ -209,6 +222,11 @@ def _run(net: FuzzNet, i: int, step: Step, xs: list) -> list:
         return [x * xs[1]]
     if op == "cat":
         return [torch.cat(xs, 1)]
+    if op == "shape_branch":  # pool only when the map is wide enough: fixed once the input size is
+        return [F.max_pool2d(x, 2) if x.shape[-1] >= step.get("min_width") else x]
+    if op == "chunk_list":
+        pieces = list(x.chunk(step.get("n"), 1))
+        return pieces[: len(step.get("sizes"))]
     if op == "chunk":
         pieces = torch.chunk(x, step.get("n"), 1) if step.get("form") == "chunk" else torch.split(x, step.get("sizes"), 1)
         return [pieces[j] for j in range(len(step.get("sizes")))]
@@ -249,7 +267,8 @@ def _same_shape(shapes: list[Shape], i: int) -> list[int]:
 
 
 _MAP_OPS = ("conv",) * 4 + ("fconv",) + ("bn", "act", "act", "pool", "add", "add", "mul", "cat", "chunk", "se", "gap", "flatten",
-                            "flatten", "shuffle", "transpose", "linear_last", "scale", "shift", "reduce")
+                            "flatten", "shuffle", "transpose", "linear_last", "scale", "shift", "reduce",
+                            "shape_branch", "chunk_list")
 
 
 @st.composite
@@ -284,6 +303,17 @@ def _map_step(draw, shapes: list[Shape], i: int, depth: int) -> tuple[Step, list
         partners = [j for j, s in enumerate(shapes) if len(s) == 3 and s[1:] == shapes[i][1:]]
         inputs = (i, *draw(st.lists(st.sampled_from(partners), min_size=1, max_size=2)))
         return Step("cat", inputs, ()), [(sum(shapes[j][0] for j in inputs), h, w)]
+    if op == "shape_branch":
+        min_width = draw(st.integers(2, 9))
+        out = (c, h // 2, w // 2) if w >= min_width and min(h, w) >= 2 else shapes[i]
+        return Step("shape_branch", (i,), (("min_width", min_width if min(h, w) >= 2 else 10**6),)), [out]
+    if op == "chunk_list":
+        if c < 2:
+            return None
+        n = draw(st.integers(2, min(3, c)))
+        size = -(-c // n)
+        sizes = tuple(min(size, c - s) for s in range(0, c, size))
+        return Step("chunk_list", (i,), (("n", n), ("sizes", sizes))), [(size, h, w) for size in sizes]
     if op == "chunk":
         if c < 2:
             return None
@@ -389,7 +419,8 @@ def net_specs(draw, max_steps: int = 10) -> NetSpec:
     outputs = (last,)
     if last > 1 and draw(st.integers(0, 3)) == 0:
         outputs = (draw(st.integers(1, last - 1)), last)
-    return NetSpec(in_shape, steps, outputs, seed=draw(st.integers(0, 2**16)), train=draw(st.booleans()))
+    return NetSpec(in_shape, steps, outputs, seed=draw(st.integers(0, 2**16)), train=draw(st.booleans()),
+                   star=draw(st.integers(0, 9)) == 0)
 
 
 def ratios() -> st.SearchStrategy[float]:

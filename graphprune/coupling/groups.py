@@ -102,6 +102,28 @@ def smallest_in_component(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return label
 
 
+def consumer_mirrors(ctx: RuleContext) -> np.ndarray:
+    """Per space, whether it only mirrors channels made elsewhere: the atoms a ``get_attr`` gave a weight's dim
+    that its op then read as inputs (``F.conv2d``'s weight dim 1, every conv of an exported graph).
+
+    Such a space is joined index by index to the channels it reads. Those may come from several layers (a
+    conv over a concatenation); linking them through the mirror would make one group of layers that a
+    module rule keeps apart, so a mirror does not connect groups.
+    """
+    mirror = np.zeros(len(ctx.spaces), dtype=bool)
+    by_start = {s.start: i for i, s in enumerate(ctx.spaces)}
+    for use in ctx.uses.values():
+        if use.role != Role.CONSUMER or not len(use.atoms):
+            continue
+        i = by_start.get(int(use.atoms[0]))
+        if i is None:
+            continue
+        space = ctx.spaces[i]
+        if space.node == use.node and np.array_equal(use.atoms, np.arange(space.start, space.start + space.size)):
+            mirror[i] = True
+    return mirror
+
+
 def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Graph]:
     """Channels (connected components of the atom joins) and groups (of the layers whose atoms are joined).
 
@@ -117,24 +139,37 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
     # Groups: connected components of the layers (spaces) whose atoms are joined.
     sizes = np.array([s.size for s in ctx.spaces], dtype=np.int64)
     space_of_atom = np.repeat(np.arange(len(ctx.spaces)), sizes)
+    mirror = consumer_mirrors(ctx)
     space_graph = nx.Graph()
     for i, s in enumerate(ctx.spaces):
         space_graph.add_node(i, node=s.node, size=s.size)
     from_space, to_space = space_of_atom[joined[0]], space_of_atom[joined[1]]
-    across = from_space != to_space
+    across = (from_space != to_space) & ~mirror[from_space] & ~mirror[to_space]
     pairs = np.unique(np.stack([from_space[across], to_space[across]], axis=1), axis=0)
     space_graph.add_edges_from(pairs.tolist())
     group_of_space = np.empty(len(ctx.spaces), dtype=np.int64)
     components = sorted((sorted(c) for c in nx.connected_components(space_graph)), key=lambda c: c[0])
     for g, spaces in enumerate(components):
         group_of_space[spaces] = g
-        for s in spaces:
-            space_graph.nodes[s]["group"] = g
 
-    # Each channel's group, and its index inside the group (ordered by first atom: deterministic).
-    first_atom = np.full(n_channels, n, dtype=np.int64)
-    np.minimum.at(first_atom, channel_of_atom, np.arange(n))
+    # Each channel's group, and its index inside the group (ordered by first atom: deterministic). A channel
+    # belongs where its first atom outside a consumer mirror is (a mirror alone: its own, unprunable group).
+    rank = np.arange(n) + n * mirror[space_of_atom].astype(np.int64)
+    first_rank = np.full(n_channels, 2 * n, dtype=np.int64)
+    np.minimum.at(first_rank, channel_of_atom, rank)
+    first_atom = first_rank % max(n, 1)
     group_of_channel = group_of_space[space_of_atom[first_atom]]
+    # A mirror whose every channel belongs elsewhere is no group of its own; it is drawn in its channels' group.
+    kept = np.unique(group_of_channel)
+    renumber = np.full(len(components), -1, dtype=np.int64)
+    renumber[kept] = np.arange(len(kept))
+    components = [[s for s in components[g] if not mirror[s] or renumber[g] >= 0] for g in kept]
+    group_of_channel = renumber[group_of_channel]
+    for i in range(len(ctx.spaces)):
+        own = renumber[group_of_space[i]]
+        start = ctx.spaces[i].start
+        space_graph.nodes[i]["group"] = int(own if own >= 0 or not ctx.spaces[i].size
+                                            else group_of_channel[channel_of_atom[start]])
     order = np.lexsort((first_atom, group_of_channel))
     local = np.empty(n_channels, dtype=np.int64)
     counts = np.bincount(group_of_channel, minlength=len(components))

@@ -91,7 +91,7 @@ def score(coupling: Coupling, scorer: Importance, budget: Budget) -> tuple[dict[
     largest = max([budget.ratio or 0.0, *budget.overrides.values()]) if budget.kind == "ratio" else 1.0
     scores, orders = {}, {}
     for group in coupling.groups:
-        if not group.prunable or removal_count(largest, group.size) == 0:
+        if not group.prunable or removal_count(largest, group.num_prunable) == 0:
             continue
         values = np.asarray(scorer(group, coupling.tensors), dtype=np.float64)
         if values.shape != (group.size,):

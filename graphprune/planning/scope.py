@@ -3,6 +3,8 @@
 A group's choices are its kept counts: its full size, then every multiple of ``round_to`` down to
 the fewest it may keep. That floor comes from its pinned channels, from the channel every tensor
 slice keeps (:meth:`~graphprune.coupling.ChannelGroup.removal_order`) and from ``max_ratio``.
+A ratio (and ``max_ratio``) is a fraction of a group's *prunable* channels: in a group of 20 whose
+10 channels an output pins, 0.5 removes 5, not 10 of the 10 that may go.
 Groups whose removal would be approximate are out of scope under ``exact_only``; groups of
 modules that ``overrides`` names get a fixed ratio.
 
@@ -66,7 +68,7 @@ class GroupScope:
 
     def removed_at(self, ratio: float) -> int:
         """Channels removed at ``ratio`` of the group (half up), snapped to the allowed counts."""
-        return self.group.size - self.snap(self.group.size - removal_count(ratio, self.group.size))
+        return self.group.size - self.snap(self.group.size - removal_count(ratio, self.group.num_prunable))
 
 
 def group_scopes(coupling: Coupling, budget: Budget, round_to: int, orders: Mapping[int, np.ndarray]) -> list[GroupScope]:
@@ -82,7 +84,7 @@ def group_scopes(coupling: Coupling, budget: Budget, round_to: int, orders: Mapp
             continue
         max_remove = len(orders[group.id])  # never the whole group: each member keeps a channel
         if budget.max_ratio is not None:
-            max_remove = min(max_remove, math.floor(budget.max_ratio * group.size + 1e-9))
+            max_remove = min(max_remove, math.floor(budget.max_ratio * group.num_prunable + 1e-9))
         choices = allowed_kept(group.size, min_kept=group.size - max_remove, round_to=round_to)
         if len(choices) > 1:
             out.append(GroupScope(group, tuple(choices), fixed))

@@ -89,9 +89,15 @@ def choose_result(candidate: nn.Module, graph: torch.fx.GraphModule, plan: Plan,
 
 
 def _user_line(node: torch.fx.Node) -> str | None:
+    """The innermost frame of the user's code in ``node``'s stack trace, with its line of source."""
     trace = node.meta.get("stack_trace")
     if not trace:
         return None
-    frames = [line.strip() for line in trace.strip().splitlines() if line.strip().startswith("File ")]
-    user = [f for f in frames if "/torch/" not in f]
-    return (user or frames or [None])[-1]
+    lines = [line.strip() for line in trace.strip().splitlines()]
+    frames = [(line, lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else "")
+              for i, line in enumerate(lines) if line.startswith("File ")]
+    user = [f for f in frames if "/torch/" not in f[0]] or frames
+    if not user:
+        return None
+    frame, code = user[-1]
+    return f"{frame}: {code}" if code else frame

@@ -119,7 +119,7 @@ def sensitivity(
         if group.id not in orders:
             continue
         for ratio in ratios:
-            count = min(removal_count(ratio, group.size), len(orders[group.id]))
+            count = min(removal_count(ratio, group.num_prunable), len(orders[group.id]))
             if count == 0:
                 continue
             record = PlanBudget(Budget(ratio=ratio), note=f"sensitivity: group {group.id} alone")

@@ -512,3 +512,38 @@ def test_auto_rounding_follows_the_hardware_under_a_macs_budget():
     shrunk = graphprune.apply(model, plan)
     widths = [w for m in shrunk.modules() if isinstance(m, torch.nn.Conv2d) for w in (m.in_channels, m.out_channels)]
     assert all(w % 8 == 0 for w in widths if w != 3)  # every width but the image's channels
+
+
+class PartlyPinned(torch.nn.Module):
+    """Half of a conv's 20 channels are a model output (pinned); the other half feed a conv, as a slice, and
+    one of three split pieces is an output too."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 20, 3, padding=1)
+        self.head = torch.nn.Conv2d(10, 4, 1)
+        self.wide = torch.nn.Conv2d(3, 48, 3, padding=1)
+        self.left = torch.nn.Conv2d(32, 4, 1)
+        self.right = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        a, b, c = torch.split(self.wide(x), [32, 8, 8], 1)
+        return self.head(y[:, :10]) + self.left(a) + self.right(b), y[:, 10:], c
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.8])
+def test_a_ratio_is_a_fraction_of_each_groups_prunable_channels(ratio):
+    model, x = PartlyPinned().eval(), torch.randn(2, 3, 8, 8)
+    plan = graphprune.plan(model, ratio, example_inputs=x)
+    groups = {g.sources[0]: g for g in plan.groups}
+    stem, wide = groups["stem"], groups["wide"]
+    assert (stem.channels, len(stem.pinned)) == (20, 10) and (wide.channels, len(wide.pinned)) == (48, 8)
+    assert len(stem.removed) == round(ratio * 10)  # of the 10 that may go, not of all 20
+    assert len(wide.removed) == round(ratio * 40)
+    assert not set(wide.removed) & set(range(40, 48))  # the output piece keeps every channel
+    shrunk = graphprune.apply(model, plan)
+    assert shrunk.head.in_channels == 10 - round(ratio * 10)
+    assert graphprune.verify(model, plan, shrunk, x) <= 1e-5
+    capped = graphprune.plan(model, Budget(ratio=0.9, max_ratio=0.5), example_inputs=x)
+    assert len({g.sources[0]: g for g in capped.groups}["stem"].removed) == 5  # max_ratio counts the same way

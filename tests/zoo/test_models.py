@@ -1,4 +1,7 @@
-"""Every torchvision VGG and ResNet, at several ratios: the rewrite is proven equivalent on the kept channels."""
+"""Every torchvision VGG and ResNet, at several ratios: the rewrite is proven equivalent on the kept channels.
+
+A few are captured with ``torch.export`` too, and held to the same proofs (the user's class comes back).
+"""
 
 import math
 
@@ -13,18 +16,21 @@ from ..helpers import fingerprint, spread_batchnorm
 VGG = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
 RESNET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2"]
 RATIOS = [0.0, 0.3, 0.5, 0.9]
+CAPTURED = [(name, "fx") for name in VGG + RESNET] + [(name, "export") for name in ("vgg11_bn", "resnet18", "resnet50")]
 
 
-@pytest.fixture(scope="module", params=VGG + RESNET)
+@pytest.fixture(scope="module", params=CAPTURED, ids=[f"{n}-{c}" for n, c in CAPTURED])
 def coupled(request):
+    name, method = request.param
     torch.manual_seed(0)
-    model = getattr(torchvision.models, request.param)().eval()
+    model = getattr(torchvision.models, name)().eval()
     spread_batchnorm(model, bias=0.2)  # so that a slicing mistake in the statistics shows
     x = torch.randn(2, 3, 64, 64)
-    coupling = graphprune.couple(model, example_inputs=x)
+    coupling = graphprune.couple(model, example_inputs=x, scope=graphprune.Scope(capture=method))
+    assert coupling.captured.method == method
     with torch.no_grad():
         reference = model(x)
-    return request.param, model, x, coupling, reference, fingerprint(model)
+    return name, model, x, coupling, reference, fingerprint(model)
 
 
 def _planned_params(model, plan):

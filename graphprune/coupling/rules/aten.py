@@ -37,6 +37,8 @@ for _family in (contractions, elementwise, functional, norms, reductions, repeat
 TWINS: dict[object, object] = {
     # layers over the model's own tensors
     aten.conv1d: F.conv1d, aten.conv2d: F.conv2d, aten.conv3d: F.conv3d, aten.linear: F.linear,
+    aten.conv_transpose1d: F.conv_transpose1d, aten.conv_transpose2d: F.conv_transpose2d,
+    aten.conv_transpose3d: F.conv_transpose3d,
     aten.batch_norm: F.batch_norm, aten.instance_norm: F.instance_norm, aten.layer_norm: F.layer_norm,
     aten.group_norm: F.group_norm, aten.embedding: F.embedding,
     # element-wise, one tensor

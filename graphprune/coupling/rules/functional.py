@@ -77,6 +77,16 @@ def _only(cmap: ChannelMap, dim: int, what: str) -> np.ndarray | None:
     return cmap.at(dim)
 
 
+def _group_positions(ctx, atoms: np.ndarray | None, groups: int) -> np.ndarray | None:
+    """Join position i of every one of ``groups`` equal groups of ``atoms``; the first group's atoms."""
+    if atoms is None:
+        return None
+    per_group = atoms.reshape(groups, -1)
+    for row in per_group[1:]:
+        ctx.join(per_group[0], row)
+    return per_group[0]
+
+
 def _conv(ctx, node):
     """``F.conv{1,2,3}d(x, weight, bias, stride, padding, dilation, groups)``: like the module rule."""
     x, weight, bias = input_arg(node), arg(node, 1, "weight"), arg(node, 2, "bias")
@@ -110,10 +120,10 @@ def _conv(ctx, node):
             # `groups` is a literal in the graph: it must follow the number of kept input channels.
             path = arg_path(node, 6, "groups")
             ctx.edit_shape(path, groups, Block((cdim,), in_atoms), 0)
-    else:  # other grouped convs keep both sides, as the module rule does
-        for atoms in (in_atoms, w_in, w_out):
-            if atoms is not None:
-                ctx.pin(atoms, "grouped convolution")
+    else:  # grouped, as the module rule: position i of every group is one channel, on both sides
+        _meet(ctx, _group_positions(ctx, in_atoms, groups), w_in, "the convolution's input")
+        _claim(ctx, weight, 1, w_in, Role.CONSUMER)
+        _group_positions(ctx, w_out, groups)
         out = w_out
     _claim(ctx, weight, 0, w_out, Role.PRODUCER)
     if out is not None:
@@ -127,6 +137,47 @@ def _conv(ctx, node):
 
 
 RULES.function(F.conv1d, F.conv2d, F.conv3d)(_conv)
+
+
+@RULES.function(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+def conv_transpose(ctx, node):
+    """``F.conv_transpose{1,2,3}d(x, weight, bias, stride, padding, output_padding, groups, dilation)``: the
+    weight is ``in x out/groups x kernel``, so it consumes on dim 0 and produces on dim 1, in whole positions
+    of every group when grouped; a depthwise one passes channels through and its ``groups`` follows them."""
+    x, weight, bias = input_arg(node), arg(node, 1, "weight"), arg(node, 2, "bias")
+    groups = arg(node, 6, "groups", 1)
+    w_shape = ctx.shape(weight)
+    if w_shape is None or not isinstance(groups, int):
+        raise LayoutError("the weight's shape or the number of groups is not known at trace time")
+    cdim = len(ctx.shape(x)) - (len(w_shape) - 2) - 1
+    in_atoms = _only(_tensor_map(ctx, x), cdim, "the transposed convolution's input")
+    w_map = _tensor_map(ctx, weight)
+    for d in sorted(w_map.dims - {0, 1}):
+        ctx.pin(w_map.block_at(d).atoms, "convolution kernel taps")
+    w_in, w_out = w_map.at(0), w_map.at(1)
+    b_atoms = _only(_tensor_map(ctx, bias), 0, "the transposed convolution's bias") if bias is not None else None
+    c_in = ctx.shape(x)[cdim]
+    _meet(ctx, in_atoms, w_in, "the transposed convolution's input")
+    depthwise = groups > 1 and groups == c_in and in_atoms is not None
+    _claim(ctx, weight, 0, w_in, Role.PRODUCER if depthwise else Role.CONSUMER)
+    if depthwise:  # output j comes from input j // m
+        out = np.repeat(in_atoms, w_shape[1])
+        ctx.edit_shape(arg_path(node, 6, "groups"), groups, Block((cdim,), in_atoms), 0)
+        w_out = None  # the per-group outputs stay: every input channel keeps its m outputs
+    elif groups > 1:
+        _group_positions(ctx, w_in, groups)
+        out = None if w_out is None else np.tile(w_out, groups)
+    else:
+        out = w_out
+    _claim(ctx, weight, 1, w_out, Role.PRODUCER)
+    if out is None:
+        if b_atoms is not None:
+            ctx.pin(b_atoms, "bias of an untracked output")
+        return ChannelMap()
+    if bias is not None:
+        _meet(ctx, out, b_atoms, "the transposed convolution's bias")
+        _claim(ctx, bias, 0, b_atoms, Role.BIAS)
+    return ChannelMap.single(cdim, out)
 
 
 @RULES.function(F.linear)

@@ -70,6 +70,46 @@ def resize_conv(m: nn.Module) -> None:
         m.in_channels = m.weight.shape[1] * m.groups
 
 
+@RULES.module(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def conv_transpose(ctx, node):
+    """Consumes the input channels (weight dim 0) and produces new ones (weight dim 1, per group).
+
+    The weight is ``in_channels x out_channels/groups x kernel``. A grouped transposed conv keeps its groups
+    equally wide on both sides: position i of every group is one channel, input and output alike. A
+    depthwise one (groups == in_channels) maps input channel c to outputs c*m..c*m+m-1, passing channels
+    through. ``output_padding`` and ``dilation`` act on space only.
+    """
+    m = ctx.module(node)
+    x = input_arg(node)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(ctx.shape(x)))
+    cdim = len(ctx.shape(x)) - len(m.kernel_size) - 1
+    in_atoms = _only_dim(cmap, cdim, type(m).__name__)
+    if m.groups == m.in_channels and m.groups > 1:
+        if in_atoms is None:
+            return ChannelMap()
+        ctx.use_tensor(node.target, "weight", 0, in_atoms, Role.PRODUCER)
+        out = np.repeat(in_atoms, m.out_channels // m.in_channels)
+    else:
+        if in_atoms is not None and m.groups > 1:
+            per_group = in_atoms.reshape(m.groups, -1)
+            for row in per_group[1:]:
+                ctx.join(per_group[0], row)
+        ctx.use_tensor(node.target, "weight", 0, in_atoms, Role.CONSUMER)
+        per_group_out = ctx.new_channels(m.out_channels // m.groups)
+        ctx.use_tensor(node.target, "weight", 1, per_group_out, Role.PRODUCER)
+        out = np.tile(per_group_out, m.groups)
+    ctx.use_tensor(node.target, "bias", 0, out, Role.BIAS)
+    return ChannelMap.single(cdim, out)
+
+
+@RULES.resizer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def resize_conv_transpose(m: nn.Module) -> None:
+    if m.groups == m.in_channels and m.groups > 1:
+        m.groups = m.weight.shape[0]
+    m.in_channels = m.weight.shape[0]
+    m.out_channels = m.weight.shape[1] * m.groups
+
+
 @RULES.module(nn.Linear)
 def linear(ctx, node):
     """Consumes the last dim (weight dim 1) and produces new features there (weight dim 0)."""
