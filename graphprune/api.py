@@ -21,6 +21,7 @@ torch.Size([1, 1000])
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from .base.checks import check_flag, check_model
-from .base.errors import InexactWarning, InputError
+from .base.errors import InexactWarning, InputError, TraceError
 from .base.running import call_model, eval_mode
 from .capture import capture, source_lines
 from .coupling import Coupling, Scope, as_scope
@@ -112,8 +113,15 @@ def shrink(model: nn.Module, budget: float | Budget, *, example_inputs: Any = No
     the_plan = plan(coupling, budget, importance=importance, hardware=hardware)
     # Traced once: the rewrite edits a copy of the graph the plan was made on.
     with source_lines():
-        return apply_plan(model, the_plan, example_inputs=coupling.example_args, scope=scope, inplace=inplace,
-                          captured=coupling.gm)
+        try:
+            return apply_plan(model, the_plan, example_inputs=coupling.example_args, scope=scope, inplace=inplace,
+                              captured=coupling.gm)
+        except TraceError:  # the traced graph was not the model: under "auto", export it instead
+            scope = as_scope(scope)
+            if scope.capture != "auto" or the_plan.capture != "fx" or scope.leaf_modules:
+                raise
+    return shrink(model, budget, example_inputs=example_inputs, importance=importance,
+                  scope=dataclasses.replace(scope, capture="export"), hardware=hardware, inplace=inplace)
 
 
 def capture_inputs(model: nn.Module, name: str, model_inputs: Any) -> tuple[Any, ...] | dict[str, Any]:

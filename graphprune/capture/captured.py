@@ -78,6 +78,5 @@ def capture(model: nn.Module, example_inputs: Any = None, *, leaf_modules: Itera
 
 def _exported(model: nn.Module, example_inputs: Any, strict: bool) -> Captured:
     args = call_inputs(model, example_inputs)
-    gm = trace_export(model, args, strict=strict)
-    propagate_shapes(gm, args)
+    gm = trace_export(model, args, strict=strict)  # shapes propagated: it checks its guards on them
     return Captured(model, gm, args, (), "export-strict" if strict else "export")

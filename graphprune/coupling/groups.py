@@ -111,7 +111,8 @@ def consumer_mirrors(ctx: RuleContext) -> np.ndarray:
     module rule keeps apart, so a mirror does not connect groups.
     """
     mirror = np.zeros(len(ctx.spaces), dtype=bool)
-    by_start = {s.start: i for i, s in enumerate(ctx.spaces)}
+    read = {n.name for n in ctx.gm.graph.find_nodes(op="get_attr")}
+    by_start = {s.start: i for i, s in enumerate(ctx.spaces) if s.node in read}
     for use in ctx.uses.values():
         if use.role != Role.CONSUMER or not len(use.atoms):
             continue

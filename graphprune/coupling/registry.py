@@ -94,8 +94,7 @@ class Registry:
 
     # -- lookup -------------------------------------------------------------------
     @staticmethod
-    def _by_class(table: dict[type, Any], module: nn.Module) -> Any:
-        cls = type(module)
+    def _by_class(table: dict[type, Any], cls: type) -> Any:
         for base in cls.__mro__:
             if base in table:
                 # A subclass that overrides forward computes something else: do not guess.
@@ -105,10 +104,14 @@ class Registry:
         return None
 
     def rule_for_module(self, module: nn.Module) -> Rule | None:
-        return self._by_class(self._modules, module)
+        return self._by_class(self._modules, type(module))
+
+    def rule_for_class(self, cls: type) -> Rule | None:
+        """The rule instances of module class ``cls`` get (a registered base class's, if ``cls`` keeps its forward)."""
+        return self._by_class(self._modules, cls)
 
     def resizer_for(self, module: nn.Module) -> Resizer | None:
-        return self._by_class(self._resizers, module)
+        return self._by_class(self._resizers, type(module))
 
     def rule_for(self, node: torch.fx.Node, root: nn.Module) -> Rule | None:
         if node.op == "call_module":

@@ -11,6 +11,7 @@ True
 from __future__ import annotations
 
 from ..coupling import Registry, default_registry
+from .nn_coverage import nn_coverage_markdown
 
 __all__ = ["supported_ops_markdown"]
 
@@ -41,4 +42,4 @@ def supported_ops_markdown(registry: Registry | None = None) -> str:
     ]
     for kind, key, rule in entries:
         lines.append(f"| {kind} | `{key}` | `{rule.__module__.rpartition('.')[2]}.{rule.__name__}` | {_summary(rule)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + nn_coverage_markdown(registry)

@@ -15,7 +15,7 @@ import torch.fx
 from torch import nn
 
 from ..base.checks import check_flag, check_model
-from ..base.errors import InputError, PlanError, RewriteError
+from ..base.errors import InputError, PlanError, RewriteError, TraceError
 from ..base.running import device_of
 from ..capture.export import trace_export
 from ..capture.fx import trace_fx
@@ -183,6 +183,9 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scop
     if inputs is None:
         raise InputError("the plan does not record every example input (one is neither a tensor nor a constant), "
                          "so the rewrite cannot be checked", hint="pass example_inputs= as when the plan was made")
+    own_forward = plan.capture == "fx" and not plan.graph_edits  # the result runs the user's Python
+    if inplace and own_forward:  # a graph that is not the model must be found before the model changes
+        _check_outputs(model, plan, inputs, diverged=True)
     new_tensors = {edit.name: _sliced(named[edit.name], edit) for edit in plan.tensors.values()}
     if inplace:
         target = model
@@ -215,7 +218,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scop
         result: nn.Module = choose_result(target, gm, plan, inputs)
     else:
         result = gm if gm is not None else target
-    _postcondition(result, plan, inputs)
+    _check_outputs(result, plan, inputs, diverged=own_forward)
     record_plan(result, plan, previous=previous)
     return result
 
@@ -234,13 +237,24 @@ def _graph_module(root: nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModul
     return torch.fx.GraphModule(root, copied, type(root).__name__)
 
 
-def _postcondition(result: nn.Module, plan: Plan, example_inputs: Any) -> None:
-    """The rewritten model's own forward runs (on shape-only stand-ins) and returns the planned output shapes."""
+def _check_outputs(result: nn.Module, plan: Plan, example_inputs: Any, *, diverged: bool) -> None:
+    """Postcondition: the model's own forward runs (on shape-only stand-ins) and returns the planned output shapes.
+
+    ``diverged``: ``result`` runs the user's own forward, so other shapes mean the traced graph was not the
+    model (symbolic tracing took another path than Python does), a :class:`TraceError`, not a rewrite bug.
+    """
     try:
         shapes = [list(t.shape) for t in run_shapes(result, example_inputs)]
     except Exception as exc:  # noqa: BLE001 - whatever the forward raised, the rewrite broke it
         raise RewriteError(f"the rewritten model does not run: {type(exc).__name__}: {exc}",
                            hint="this is a graphprune bug; please report it with the model") from exc
-    if shapes != plan.output_shapes:
-        raise RewriteError(f"the rewritten model's outputs have shapes {shapes}, expected {plan.output_shapes}",
-                           hint="this is a graphprune bug; please report it with the model")
+    if shapes == plan.output_shapes:
+        return
+    if diverged:
+        raise TraceError(
+            f"{type(result).__name__}'s own forward returns outputs of shapes {shapes}, but its symbolically traced "
+            f"graph returned {plan.output_shapes}: torch.fx followed another path than Python does (an isinstance, "
+            "type or attribute test of a traced value, which tracing cannot see), so the graph is not the model",
+            hint="capture it with torch.export: Scope(capture='export'); shrink does so by itself under capture='auto'")
+    raise RewriteError(f"the rewritten model's outputs have shapes {shapes}, expected {plan.output_shapes}",
+                       hint="this is a graphprune bug; please report it with the model")

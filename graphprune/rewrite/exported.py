@@ -82,8 +82,9 @@ def choose_result(candidate: nn.Module, graph: torch.fx.GraphModule, plan: Plan,
              + ("; ..." if len(lines) > 3 else "") + ".") if lines else ""
     warnings.warn(
         f"returning the rewritten exported graph (a torch.fx.GraphModule), not {type(candidate).__name__}: {why}."
-        f"{where} Compute those widths from tensor shapes, or register a resizer for the module that holds them "
-        "(graphprune.default_registry().resizer(YourModule)), to get your class back.",
+        f"{where} The graph takes inputs of the example's shapes only. Compute those widths from tensor shapes, or "
+        "register a resizer for the module that holds them (graphprune.default_registry().resizer(YourModule)), "
+        "to get your class back.",
         RewriteWarning, stacklevel=4)
     return graph
 

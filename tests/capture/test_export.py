@@ -231,8 +231,11 @@ def test_int_attribute_split_returns_the_rewritten_graph_with_a_warning_naming_t
     assert isinstance(shrunk, torch.fx.GraphModule)
     plan = graphprune.plans_of(shrunk)[-1]
     assert graphprune.verify(model, plan, shrunk, x) <= 1e-5
-    y = torch.randn(3, 3, 12, 12)  # the graph keeps export's dynamic sizes
-    assert graphprune.verify(model, plan, shrunk, (y,)) <= 1e-5
+    assert "the example's shapes only" in text
+    y = torch.randn(3, 3, 8, 8)
+    with pytest.raises(AssertionError, match="Guard failed"):  # the graph's guards refuse another batch, loudly
+        shrunk(y)
+    y = torch.randn(2, 3, 8, 8)
     assert graphprune.count_params(shrunk) < graphprune.count_params(model)
     graphprune.save(shrunk, tmp_path / "m", base="tests.capture.test_export:IntSplit")
     with pytest.warns(graphprune.RewriteWarning):  # the plan is replayed on the export path: the same graph again
@@ -286,3 +289,36 @@ def test_the_user_model_keeps_its_training_mode_through_an_export_capture():
     shrunk = graphprune.shrink(model, 0.5, example_inputs=x)
     assert model.training and fingerprint(model) == before
     assert shrunk.training  # the shrunk copy comes back in the mode the user's model was in
+
+
+class TypeTest(nn.Module):
+    """Pools only when ``isinstance(y, torch.Tensor)``: true in Python, false for a tracing proxy, so the traced
+    graph silently skips the pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        if isinstance(y, torch.Tensor):
+            y = F.max_pool2d(y, 2)
+        return self.head(y)
+
+
+def test_a_traced_graph_that_is_not_the_model_is_caught_and_auto_exports_instead():
+    model, x = TypeTest().eval(), torch.randn(2, 3, 8, 8)
+    before = fingerprint(model)
+    plan = graphprune.plan(model, 0.5, example_inputs=x)
+    assert plan.capture == "fx" and plan.output_shapes == [[2, 2, 8, 8]]  # tracing skipped the pooling
+    with pytest.raises(graphprune.TraceError, match="followed another path than Python") as info:
+        graphprune.apply(model, plan)
+    assert "capture='export'" in str(info.value)
+    with pytest.raises(graphprune.TraceError):  # in place: refused before anything changes
+        graphprune.apply(model, plan, inplace=True)
+    assert fingerprint(model) == before
+    shrunk = graphprune.shrink(model, 0.5, example_inputs=x)
+    assert graphprune.plans_of(shrunk)[-1].capture == "export" and type(shrunk) is TypeTest
+    assert graphprune.verify(model, graphprune.plans_of(shrunk)[-1], shrunk, x) <= 1e-5
+    assert fingerprint(model) == before

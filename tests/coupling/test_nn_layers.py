@@ -148,3 +148,397 @@ def test_functional_grouped_and_depthwise_conv_transpose(depthwise):
     plan, shrunk = _shrinks_exactly(FunctionalGroupedUp(depthwise), torch.randn(2, 3, 5, 5))
     assert shrunk.w.shape[0] == 4 and shrunk.w.shape[1] == 2 if depthwise else shrunk.w.shape[0] % 4 == 0
 
+
+# -- channels to space and back, channel shuffles ----------------------------------------------------------
+
+class ESPCN(nn.Module):
+    """Efficient sub-pixel super-resolution: convs, then a conv to C*r*r channels and a PixelShuffle."""
+
+    def __init__(self, r=3, colours=3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(colours, 32, 5, padding=2), nn.Tanh(), nn.Conv2d(32, 16, 3, padding=1),
+                                  nn.Tanh())
+        self.to_pixels = nn.Conv2d(16, 8 * r * r, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(r)
+        self.out = nn.Conv2d(8, colours, 3, padding=1)
+
+    def forward(self, x):
+        return self.out(self.shuffle(self.to_pixels(self.body(x))))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_espcn_with_pixel_shuffle_shrinks_exactly(capture):
+    x = torch.randn(2, 3, 6, 6)
+    plan, shrunk = _shrinks_exactly(ESPCN(), x, capture=capture)
+    assert shrunk.to_pixels.out_channels == 4 * 9 and shrunk.out.in_channels == 4  # whole r*r groups went
+    assert shrunk(x).shape == (2, 3, 18, 18)
+
+
+class Unshuffled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.down = nn.PixelUnshuffle(2)
+        self.head = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.down(F.relu(self.stem(x))))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_pixel_unshuffle_repeats_each_channel_into_its_block(capture):
+    plan, shrunk = _shrinks_exactly(Unshuffled(), torch.randn(2, 3, 8, 8), capture=capture)
+    assert shrunk.stem.out_channels == 3 and shrunk.head.in_channels == 12
+
+
+class Shuffled(nn.Module):
+    """ShuffleNet's grouped convs around a ChannelShuffle."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.bn = nn.BatchNorm2d(12)
+        self.shuffle = nn.ChannelShuffle(3)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.shuffle(F.relu(self.bn(self.stem(x)))))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_channel_shuffle_keeps_its_groups_a_grid(capture):
+    plan, shrunk = _shrinks_exactly(Shuffled(), torch.randn(2, 3, 6, 6), capture=capture)
+    assert shrunk.stem.out_channels % 3 == 0 and shrunk.stem.out_channels < 12
+
+
+class FoldUnfold(nn.Module):
+    """Unfold into patches, scale them, fold them back (overlap-add)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.unfold = nn.Unfold(2, stride=2)
+        self.fold = nn.Fold((8, 8), 2, stride=2)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        patches = self.unfold(F.relu(self.stem(x)))  # N x 6*4 x L
+        return self.head(self.fold(patches * 0.5))
+
+
+def test_fold_and_unfold_move_channels_to_patches_and_back():
+    plan, shrunk = _shrinks_exactly(FoldUnfold(), torch.randn(2, 3, 8, 8))
+    assert shrunk.stem.out_channels == 3 and shrunk.head.in_channels == 3
+
+
+# -- per-channel activations and norms, gates, bilinear ------------------------------------------------------
+
+class PerChannel(nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = norm
+        self.act = nn.PReLU(8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.act(self.norm(self.stem(x))))
+
+
+@pytest.mark.parametrize("norm", [
+    nn.InstanceNorm2d(8), nn.InstanceNorm2d(8, affine=True), nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
+    nn.Identity()], ids=["instance", "instance-affine", "instance-tracked", "prelu-only"])
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_instance_norm_and_prelu_slice_per_channel(norm, capture):
+    plan, shrunk = _shrinks_exactly(PerChannel(norm), torch.randn(2, 3, 6, 6), capture=capture)
+    if capture == "fx":
+        assert shrunk.act.num_parameters == 4 and shrunk.act.weight.shape == (4,)
+
+
+class LRN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.lrn = nn.LocalResponseNorm(3)
+        self.mid = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.mid(self.lrn(F.relu(self.stem(x))))))
+
+
+def test_local_response_norm_keeps_the_channels_it_normalises():
+    plan, shrunk = _shrinks_exactly(LRN(), torch.randn(2, 3, 6, 6))
+    assert shrunk.stem.out_channels == 8 and shrunk.mid.out_channels == 4
+    assert len(next(g for g in plan.groups if g.sources == ["stem"]).pinned) == 8
+
+
+class Gated(nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.glu = nn.GLU(1) if module else None
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.head(self.glu(y) if self.glu is not None else F.glu(y, 1))
+
+
+@pytest.mark.parametrize("module", [True, False])
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_glu_joins_the_halves(module, capture):
+    plan, shrunk = _shrinks_exactly(Gated(module), torch.randn(2, 3, 6, 6), capture=capture)
+    assert shrunk.stem.out_channels == 6 and shrunk.head.in_channels == 3
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 8), nn.Linear(4, 6)
+        self.bilinear = nn.Bilinear(8, 6, 10)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x, y):
+        return self.head(torch.relu(self.bilinear(torch.relu(self.a(x)), torch.relu(self.b(y)))))
+
+
+def test_bilinear_consumes_both_inputs_and_produces_its_features():
+    plan, shrunk = _shrinks_exactly(Pair(), (torch.randn(3, 5), torch.randn(3, 4)))
+    assert shrunk.bilinear.weight.shape == (5, 4, 3)
+    assert (shrunk.bilinear.in1_features, shrunk.bilinear.in2_features, shrunk.bilinear.out_features) == (4, 3, 5)
+
+
+# -- embedding tables -------------------------------------------------------------------------------------
+
+class Bag(nn.Module):
+    def __init__(self, mode, tied=False):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(20, 8, mode=mode)
+        self.hidden = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        if tied:
+            self.head.weight = self.bag.weight  # the output layer reads the table (weight tying)
+
+    def forward(self, ids, offsets):
+        return self.head(torch.relu(self.hidden(self.bag(ids, offsets))))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_columns_are_channels(mode):
+    ids, offsets = torch.randint(0, 20, (10,)), torch.tensor([0, 3, 7])
+    plan, shrunk = _shrinks_exactly(Bag(mode), (ids, offsets))
+    assert shrunk.bag.embedding_dim == 4 and shrunk.bag.weight.shape == (20, 4)
+
+
+class TiedEmbedding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        return self.head(h + torch.relu(self.mix(h)))
+
+
+def test_embedding_tied_to_the_output_layer_shrinks_both_at_once():
+    plan, shrunk = _shrinks_exactly(TiedEmbedding(), torch.randint(0, 20, (2, 5)))
+    assert shrunk.head.weight is shrunk.embed.weight and shrunk.embed.weight.shape == (20, 4)
+    assert shrunk.head.in_features == 4
+
+
+# -- attention with kdim / vdim ------------------------------------------------------------------------------
+
+class CrossAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q_in, self.k_in, self.v_in = nn.Linear(5, 8), nn.Linear(5, 6), nn.Linear(5, 4)
+        self.attn = nn.MultiheadAttention(8, 2, kdim=6, vdim=4, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, q, kv):
+        out, _ = self.attn(self.q_in(q), torch.relu(self.k_in(kv)), torch.relu(self.v_in(kv)), need_weights=False)
+        return self.head(out)
+
+
+def test_multihead_attention_with_kdim_and_vdim_prunes_heads_and_the_key_and_value_streams():
+    plan, shrunk = _shrinks_exactly(CrossAttention(), (torch.randn(2, 3, 5), torch.randn(2, 4, 5)))
+    attn = shrunk.attn
+    assert attn.num_heads == 1 and attn.embed_dim == 4
+    assert (attn.kdim, attn.vdim) == (3, 2) == (shrunk.k_in.out_features, shrunk.v_in.out_features)
+
+
+# -- recurrent layers ------------------------------------------------------------------------------------------
+
+class Recurrent(nn.Module):
+    def __init__(self, kind, **kwargs):
+        super().__init__()
+        self.lstm = kind == "LSTM"
+        self.embed = nn.Linear(5, 6)
+        self.rnn = getattr(nn, kind)(6, 8, batch_first=True, **kwargs)
+        width = (kwargs.get("proj_size") or 8) * (2 if kwargs.get("bidirectional") else 1)
+        self.head = nn.Linear(width, 3)
+        self.from_state = nn.Linear(kwargs.get("proj_size") or 8, 3)
+
+    def forward(self, x):
+        out, state = self.rnn(torch.relu(self.embed(x)))
+        h = state[0] if self.lstm else state  # (h_n, c_n) for an LSTM
+        return self.head(out[:, -1]) + self.from_state(h[-1])
+
+
+RECURRENT = [("RNN", {}), ("RNN", {"nonlinearity": "relu", "num_layers": 2}), ("GRU", {"num_layers": 2}),
+             ("GRU", {"bidirectional": True}), ("LSTM", {}), ("LSTM", {"num_layers": 2, "bidirectional": True}),
+             ("LSTM", {"proj_size": 4}), ("LSTM", {"proj_size": 4, "num_layers": 2, "bidirectional": True})]
+
+
+@pytest.mark.parametrize("kind,kwargs", RECURRENT, ids=[f"{k}-{'-'.join(map(str, v.items()))}" for k, v in RECURRENT])
+def test_recurrent_layers_lose_hidden_units_exactly(kind, kwargs):
+    plan, shrunk = _shrinks_exactly(Recurrent(kind, **kwargs), torch.randn(2, 7, 5))
+    rnn = shrunk.rnn
+    assert rnn.hidden_size == 4 and rnn.input_size == 3
+    if kwargs.get("proj_size"):
+        assert rnn.proj_size == 2
+    y = torch.randn(3, 9, 5)  # other batch and length; the flat weights were refreshed
+    assert shrunk(y).shape == (3, 3)
+
+
+class LSTMClassifier(nn.Module):
+    """Conv features over time, an LSTM over them, a classifier on the last state."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv1d(4, 16, 3, padding=1), nn.BatchNorm1d(16), nn.ReLU(),
+                                      nn.Conv1d(16, 16, 3, padding=1), nn.BatchNorm1d(16), nn.ReLU())
+        self.lstm = nn.LSTM(16, 12, num_layers=2, batch_first=True)
+        self.classifier = nn.Linear(12, 5)
+
+    def forward(self, x):
+        seq = self.features(x).transpose(1, 2)  # N x T x C
+        _, (h, _) = self.lstm(seq)
+        return self.classifier(h[-1])
+
+
+def test_lstm_classifier_over_conv_features_shrinks_exactly():
+    plan, shrunk = _shrinks_exactly(LSTMClassifier(), torch.randn(2, 4, 10))
+    assert shrunk.lstm.input_size == shrunk.features[3].out_channels == 8
+    assert shrunk.lstm.hidden_size == 6 and shrunk.classifier.in_features == 6
+
+
+def test_recurrent_layer_given_an_initial_state_keeps_its_units():
+    class WithState(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(4, 6, batch_first=True)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x, h0):
+            return self.head(self.gru(x, h0)[0])
+
+    plan = graphprune.plan(WithState(), 0.5, example_inputs=(torch.randn(2, 3, 4), torch.randn(1, 2, 6)))
+    assert not any(g.removed for g in plan.groups if "gru" in g.sources)
+
+
+class Stepper(nn.Module):
+    """A cell unrolled over a fixed number of steps, its state fed back."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.embed = nn.Linear(5, 6)
+        self.cell = getattr(nn, kind)(6, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        state = None
+        for t in range(x.shape[1] if not isinstance(x, torch.fx.Proxy) else 4):
+            step = torch.relu(self.embed(x[:, t]))
+            state = self.cell(step) if state is None else self.cell(step, state)
+        return self.head(state[0] if self.kind == "LSTMCell" else state)
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
+def test_recurrent_cells_fed_their_own_state_lose_hidden_units_exactly(kind):
+    plan, shrunk = _shrinks_exactly(Stepper(kind), torch.randn(2, 4, 5))
+    assert shrunk.cell.hidden_size == 4 and shrunk.cell.input_size == 3 and shrunk.head.in_features == 4
+
+
+# -- the rest of torch.nn: element-wise, normalised, lazy, refused ---------------------------------------------
+
+@pytest.mark.parametrize("layer", [nn.Hardshrink(0.1), nn.Softshrink(0.1), nn.Threshold(0.1, 0.5), nn.RReLU(),
+                                   nn.Softmin(dim=2), nn.Softmax2d()], ids=lambda m: type(m).__name__)
+def test_more_element_wise_and_softmax_layers(layer):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), layer, nn.Conv2d(8, 4, 1), nn.ReLU(),
+                        nn.Conv2d(4, 2, 1))
+    plan, shrunk = _shrinks_exactly(net, torch.randn(2, 3, 6, 6))
+    if isinstance(layer, nn.Softmax2d):  # a softmax over channels keeps them
+        assert shrunk[0].out_channels == 8 and shrunk[3].out_channels == 2
+    else:
+        assert shrunk[0].out_channels == 4
+
+
+def test_lp_pool_3d_and_rms_norm():
+    net = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.LPPool3d(2, 2), nn.Conv3d(8, 4, 1))
+    _shrinks_exactly(net, torch.randn(2, 3, 4, 4, 4))
+    mlp = nn.Sequential(nn.Linear(5, 8), nn.RMSNorm(8), nn.Linear(8, 3))
+    torch.manual_seed(0)
+    plan = graphprune.plan(mlp, 0.5, example_inputs=torch.randn(4, 5))
+    assert not plan.exact and any("RMSNorm normalises" in r for r in plan.inexact)
+    shrunk = graphprune.apply(mlp, plan)
+    assert shrunk[1].normalized_shape == (4,) and shrunk[1].weight.shape == (4,)
+    exact = graphprune.plan(mlp, graphprune.Budget(ratio=0.5, exact_only=True), example_inputs=torch.randn(4, 5))
+    assert not any(g.removed for g in exact.groups)
+
+
+def test_a_lazy_layer_once_initialised_is_its_concrete_layer():
+    net = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.LazyBatchNorm2d(), nn.ReLU(), nn.LazyConv2d(2, 1))
+    net(torch.randn(1, 3, 6, 6))  # initialises: each becomes Conv2d / BatchNorm2d
+    plan, shrunk = _shrinks_exactly(net, torch.randn(2, 3, 6, 6))
+    assert type(shrunk[0]) is nn.Conv2d and shrunk[0].out_channels == 4
+
+
+class Refused(nn.Module):
+    """``maker`` makes 8 channels that reach ``layer``; a layer of two inputs gets the channels twice."""
+
+    def __init__(self, maker, layer, pair=False):
+        super().__init__()
+        self.make, self.layer, self.pair = maker, layer, pair
+
+    def forward(self, x):
+        y = self.make(x)
+        return self.layer(y, 2 * y + 1) if self.pair else self.layer(y)
+
+
+REFUSED_LAYERS = {  # name: (model, example input)
+    "FractionalMaxPool2d": (lambda: Refused(nn.Conv2d(3, 8, 1), nn.FractionalMaxPool2d(2, output_size=3)),
+                            (2, 3, 6, 6)),
+    "FractionalMaxPool3d": (lambda: Refused(nn.Conv3d(3, 8, 1), nn.FractionalMaxPool3d(2, output_size=2)),
+                            (2, 3, 4, 4, 4)),
+    "CosineSimilarity": (lambda: Refused(nn.Linear(4, 8), nn.CosineSimilarity(1), pair=True), (2, 4)),
+    "PairwiseDistance": (lambda: Refused(nn.Linear(4, 8), nn.PairwiseDistance(), pair=True), (2, 4)),
+    "TransformerEncoderLayer": (lambda: Refused(nn.Linear(4, 8), nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)),
+                                (2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_LAYERS))
+def test_a_refused_layer_is_refused_by_name_and_the_model_kept(name):
+    from graphprune.report.nn_coverage import REFUSED
+
+    assert name in REFUSED
+    factory, shape = REFUSED_LAYERS[name]
+    model = factory().eval()
+    before = fingerprint(model)
+    with pytest.raises(graphprune.UnsupportedOpError) as info:
+        graphprune.shrink(model, 0.5, example_inputs=torch.randn(shape), scope=graphprune.Scope(capture="fx"))
+    assert "target=layer" in str(info.value) and "FX node" in str(info.value)
+    assert fingerprint(model) == before
+
+
+def test_every_torch_nn_module_class_is_classified():
+    from graphprune.report.nn_coverage import nn_coverage
+
+    unknown = [name for name, status, _ in nn_coverage() if status == "unclassified"]
+    assert not unknown, f"classify these torch.nn classes in graphprune/report/nn_coverage.py: {unknown}"

@@ -10,11 +10,13 @@ keys the ATen ops of an exported graph to the rules of their torch-level twins.
 from __future__ import annotations
 
 from ..registry import Registry
-from . import aten, attention, contractions, elementwise, functional, layers, norms, reductions, repeat, shapes, torchvision
+from . import (aten, attention, contractions, elementwise, functional, layers, norms, rearrange, recurrent, reductions,
+               repeat, shapes, torchvision)
 
 __all__ = ["default_registry"]
 
-FAMILIES = (layers, norms, attention, contractions, elementwise, reductions, shapes, repeat, functional, aten, torchvision)
+FAMILIES = (layers, norms, attention, recurrent, contractions, elementwise, rearrange, reductions, shapes, repeat, functional, aten,
+            torchvision)
 
 
 def default_registry() -> Registry:

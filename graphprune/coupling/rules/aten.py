@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
-from . import contractions, elementwise, functional, norms, reductions, repeat, shapes
+from . import contractions, elementwise, functional, norms, rearrange, reductions, repeat, shapes
 from ._common import arg, arg_path, input_arg
 
 __all__ = ["RULES", "TWINS"]
@@ -30,7 +30,7 @@ aten = torch.ops.aten
 
 RULES = Registry()
 _FAMILIES = Registry()
-for _family in (contractions, elementwise, functional, norms, reductions, repeat, shapes):
+for _family in (contractions, elementwise, functional, norms, rearrange, reductions, repeat, shapes):
     _FAMILIES.update(_family.RULES)
 
 # ATen op (a packet: every overload, or one overload) -> its torch-level twin (a function, or a method name).
@@ -57,7 +57,10 @@ TWINS: dict[object, object] = {
     # element-wise, several tensors
     **{getattr(aten, name): name for name in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum",
                                               "minimum", "addcmul", "roll")},
-    aten.pad: F.pad, aten.constant_pad_nd: F.pad,
+    aten.pad: F.pad, aten.constant_pad_nd: F.pad, aten.prelu: F.prelu, aten.glu: F.glu,
+    # channels to space and back, channel shuffles
+    aten.pixel_shuffle: F.pixel_shuffle, aten.pixel_unshuffle: F.pixel_unshuffle, aten.im2col: F.unfold,
+    aten.col2im: F.fold, aten.channel_shuffle: F.channel_shuffle, aten.native_channel_shuffle: F.channel_shuffle,
     # pooling and resampling over space
     aten.max_pool1d: F.max_pool1d, aten.max_pool2d: F.max_pool2d, aten.max_pool3d: F.max_pool3d,
     aten.avg_pool1d: F.avg_pool1d, aten.avg_pool2d: F.avg_pool2d, aten.avg_pool3d: F.avg_pool3d,

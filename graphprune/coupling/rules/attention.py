@@ -45,12 +45,12 @@ def multihead_attention(ctx, node):
     change with the head count, so when anything reads them they pin the layer.
     """
     m = ctx.module(node)
-    if not m._qkv_same_embed_dim:
-        raise LayoutError("nn.MultiheadAttention with kdim/vdim other than embed_dim (separate q/k/v weights)")
     inputs = [arg(node, i, name) for i, name in enumerate(("query", "key", "value"))]
     found = [last_dim_atoms(ctx, t, "MultiheadAttention") for t in inputs]
     last = found[0][0]
     atoms = [a for _, a in found]
+    if not m._qkv_same_embed_dim:
+        return _separate_projections(ctx, node, m, last, atoms)
     meta = node.meta.get("tensor_meta")
     weights_meta = meta[1] if isinstance(meta, (tuple, list)) else None
     outputs = [None, None if weights_meta is None else ChannelMap()]
@@ -78,6 +78,33 @@ def multihead_attention(ctx, node):
     return tuple(outputs)
 
 
+def _separate_projections(ctx, node, m: nn.MultiheadAttention, last: int, atoms: list) -> tuple:
+    """``kdim``/``vdim`` other than ``embed_dim``: q, k and v have weights of their own. The query's width is
+    the embedding (whole heads, as above); the key's and value's widths are channels of their own streams,
+    read by the columns of ``k_proj_weight`` and ``v_proj_weight``, so they shrink with those streams."""
+    query, key, value = atoms
+    meta = node.meta.get("tensor_meta")
+    weights_meta = meta[1] if isinstance(meta, (tuple, list)) else None
+    if query is None or (weights_meta is not None and _weights_used(node)):
+        for a in atoms:
+            if a is not None:
+                ctx.pin(a, "MultiheadAttention whose width cannot change (an input without channels, or returned attention weights)")
+        return ChannelMap(), None if weights_meta is None else ChannelMap()
+    join_rows(ctx, query, m.num_heads)
+    for weight, columns in (("q_proj_weight", query), ("k_proj_weight", key), ("v_proj_weight", value)):
+        ctx.use_tensor(node.target, weight, 0, query, Role.PRODUCER)
+        ctx.use_tensor(node.target, weight, 1, columns, Role.CONSUMER)
+    qkv = np.concatenate([query, query, query])
+    ctx.use_tensor(node.target, "in_proj_bias", 0, qkv, Role.BIAS)
+    ctx.use_tensor(node.target, "bias_k", 2, query, Role.BIAS)
+    ctx.use_tensor(node.target, "bias_v", 2, query, Role.BIAS)
+    out = f"{node.target}.out_proj"
+    ctx.use_tensor(out, "weight", 0, query, Role.PRODUCER)
+    ctx.use_tensor(out, "weight", 1, query, Role.CONSUMER)
+    ctx.use_tensor(out, "bias", 0, query, Role.BIAS)
+    return ChannelMap.single(last, query), None if weights_meta is None else ChannelMap()
+
+
 def _weights_used(node: torch.fx.Node) -> bool:
     """Whether anything reads the attention weights (output 1), rather than only the attention output."""
     for user in node.users:
@@ -91,6 +118,10 @@ def _weights_used(node: torch.fx.Node) -> bool:
 @RULES.resizer(nn.MultiheadAttention)
 def resize_multihead_attention(m: nn.MultiheadAttention) -> None:
     head_dim = m.embed_dim // m.num_heads
-    m.embed_dim = m.kdim = m.vdim = m.in_proj_weight.shape[1]
+    if m._qkv_same_embed_dim:
+        m.embed_dim = m.kdim = m.vdim = m.in_proj_weight.shape[1]
+    else:
+        m.embed_dim = m.q_proj_weight.shape[0]
+        m.kdim, m.vdim = m.k_proj_weight.shape[1], m.v_proj_weight.shape[1]
     m.num_heads = m.embed_dim // head_dim
     m.head_dim = head_dim

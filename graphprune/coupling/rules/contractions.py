@@ -153,8 +153,8 @@ def scaled_dot_product_attention(ctx, node):
     return contract(ctx, [(q, batch + ["l", "e"]), (k, batch + ["s", "e"]), (v, batch + ["s", "ev"])], batch + ["l", "ev"])
 
 
-@RULES.module(nn.Softmax, nn.LogSoftmax)
-@RULES.function(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)
+@RULES.module(nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
+@RULES.function(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, F.softmin)
 @RULES.method("softmax", "log_softmax")
 def softmax(ctx, node):
     """Normalises along one dim: channels elsewhere pass; channels along it are pinned (each depends on all).
@@ -164,7 +164,7 @@ def softmax(ctx, node):
     """
     x = input_arg(node)
     ndim = len(ctx.shape(x))
-    dim = ctx.module(node).dim if node.op == "call_module" else arg(node, 1, "dim")
+    dim = getattr(ctx.module(node), "dim", -3) if node.op == "call_module" else arg(node, 1, "dim")  # Softmax2d: -3
     if dim is None:
         raise LayoutError("softmax without an explicit dim")
     dim = int(dim) % ndim

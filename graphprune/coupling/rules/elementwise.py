@@ -16,7 +16,7 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
-from ._common import arg, input_arg, pass_through, project
+from ._common import arg, input_arg, join_tensor_arg, pass_through, project
 
 __all__ = ["RULES", "broadcast_join"]
 
@@ -25,13 +25,13 @@ RULES = Registry()
 _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
-    nn.Tanhshrink, nn.LogSigmoid, nn.Identity,
+    nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.RReLU,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
 )
 _UNARY_FUNCTIONS = (
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
     F.silu, F.mish, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.softplus, F.logsigmoid, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+    F.hardtanh, F.softplus, F.logsigmoid, F.hardshrink, F.softshrink, F.threshold, F.rrelu, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
     F.alpha_dropout, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.square, torch.clamp, torch.rsqrt, torch.cos,
     torch.sin, torch.log, torch.log1p, torch.expm1, torch.erf, torch.reciprocal, torch.sign,
     # Zeroes whole samples (rows) or the whole batch at random in training; the identity in eval.
@@ -78,7 +78,7 @@ for _spatial, _modules, _functions in (
      (F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d)),
     (2, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d),
      (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d)),
-    (3, (nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d),
+    (3, (nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d, nn.LPPool3d),
      (F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d)),
 ):
     _rule = _pooling(_spatial)
@@ -242,3 +242,39 @@ def roll(ctx, node):
         if rolled & set(cmap.normalized(len(shape)).dims):
             raise LayoutError("torch.roll along a dim that carries channels moves them to other indices")
     return pass_through(ctx, node)
+
+
+@RULES.module(nn.GLU)
+@RULES.function(F.glu)
+def glu(ctx, node):
+    """``a * sigmoid(b)`` of the two halves of ``dim``: channel i of each half is one channel (joined), so
+    halves stay equal; a removed channel is zero in ``a``, hence in the output."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    dim = (ctx.module(node).dim if node.op == "call_module" else arg(node, 1, "dim", -1)) % len(shape)
+    block = cmap.block_at(dim)
+    if block is None:
+        return cmap
+    if len(block.dims) != 1:
+        raise LayoutError(f"GLU over dim {dim}, which is part of a {len(block.dims)}-D channel block")
+    first, second = np.split(block.atoms, 2)
+    ctx.join(first, second)
+    return cmap.without(dim).with_block(Block((dim,), first))
+
+
+@RULES.function(F.prelu)
+def functional_prelu(ctx, node):
+    """``F.prelu(x, weight)``: one slope per channel of dim 1 (or one in all); zero stays zero."""
+    x, weight = input_arg(node), arg(node, 1, "weight")
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    if ctx.shape(weight) is None or ctx.shape(weight).numel() == 1:
+        return cmap
+    cdim = 1 if len(shape) >= 2 else 0
+    if cmap.dims - {cdim}:
+        raise LayoutError(f"prelu input carries channels on dims {sorted(cmap.dims - {cdim})} besides dim {cdim}")
+    atoms = cmap.at(cdim)
+    if atoms is not None:
+        join_tensor_arg(ctx, weight, 0, atoms, "prelu")
+    return cmap

@@ -1,4 +1,5 @@
-"""Rules for layers that own per-channel parameters: convolutions, linear layers, norms."""
+"""Rules for layers that own per-channel parameters: convolutions (plain and transposed), linear and bilinear
+layers, per-channel norms, PReLU, embedding tables."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from ..channels import Block, ChannelMap, LayoutError
 from ..context import Role
 from ..registry import Registry
-from ._common import input_arg
+from ._common import arg, input_arg
 
 __all__ = ["RULES"]
 
@@ -168,3 +169,73 @@ def embedding(ctx, node):
 @RULES.resizer(nn.Embedding)
 def resize_embedding(m: nn.Embedding) -> None:
     m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+@RULES.module(nn.EmbeddingBag)
+def embedding_bag(ctx, node):
+    """Sums, averages or takes the max of looked-up rows, column by column: the table's columns (weight dim 1)
+    produce the output's last dim, as for ``nn.Embedding``. ``max_norm`` renormalises rows over all their
+    columns, so it is refused."""
+    m = ctx.module(node)
+    if m.max_norm is not None:
+        raise LayoutError("nn.EmbeddingBag with max_norm renormalises every row over all its columns")
+    if any(ctx.channels(a) for a in node.args[:2]):
+        raise LayoutError("embedding indices or offsets that carry channels")
+    weights = arg(node, 2, "per_sample_weights")
+    if ctx.channels(weights):
+        raise LayoutError("per-sample weights that carry channels")
+    out = ctx.new_channels(m.embedding_dim)
+    ctx.use_tensor(node.target, "weight", 1, out, Role.PRODUCER)
+    return ChannelMap.single(len(ctx.shape(node)) - 1, out)
+
+
+@RULES.resizer(nn.EmbeddingBag)
+def resize_embedding_bag(m: nn.EmbeddingBag) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+@RULES.module(nn.PReLU)
+def prelu(ctx, node):
+    """One slope per channel (dim 1, or dim 0 of an unbatched input), or one for all: channels pass through.
+    PReLU keeps zero at zero, so a removed channel's slope does not matter to the masked original."""
+    m = ctx.module(node)
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    if m.num_parameters == 1:
+        return cmap
+    cdim = 1 if len(shape) >= 2 else 0
+    atoms = _only_dim(cmap, cdim, "PReLU")
+    if atoms is None:
+        return cmap
+    ctx.use_tensor(node.target, "weight", 0, atoms, Role.NORM)
+    return cmap
+
+
+@RULES.resizer(nn.PReLU)
+def resize_prelu(m: nn.PReLU) -> None:
+    m.num_parameters = m.weight.numel()
+
+
+@RULES.module(nn.Bilinear)
+def bilinear(ctx, node):
+    """``y = x1 W x2 + b``: consumes both inputs' last dims (weight dims 1 and 2) and produces new features
+    (weight dim 0)."""
+    m = ctx.module(node)
+    x1, x2 = arg(node, 0, "input1"), arg(node, 1, "input2")
+    maps = []
+    for x in (x1, x2):
+        last = len(ctx.shape(x)) - 1
+        cmap = (ctx.channels(x) or ChannelMap()).normalized(last + 1)
+        maps.append(_only_dim(cmap, last, "Bilinear"))
+    ctx.use_tensor(node.target, "weight", 1, maps[0], Role.CONSUMER)
+    ctx.use_tensor(node.target, "weight", 2, maps[1], Role.CONSUMER)
+    out = ctx.new_channels(m.out_features)
+    ctx.use_tensor(node.target, "weight", 0, out, Role.PRODUCER)
+    ctx.use_tensor(node.target, "bias", 0, out, Role.BIAS)
+    return ChannelMap.single(len(ctx.shape(node)) - 1, out)
+
+
+@RULES.resizer(nn.Bilinear)
+def resize_bilinear(m: nn.Bilinear) -> None:
+    m.out_features, m.in1_features, m.in2_features = m.weight.shape

@@ -38,28 +38,28 @@ def _normalised_dims(ndim: int, count: int) -> range:
     return range(ndim - count, ndim)
 
 
-@RULES.module(nn.LayerNorm)
+@RULES.module(nn.LayerNorm, nn.RMSNorm)
 def layer_norm(ctx, node):
     """Normalises the last ``len(normalized_shape)`` dims; their channels slice weight and bias, approximately."""
     m = ctx.module(node)
     x = input_arg(node)
     ndim = len(ctx.shape(x))
     cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
-    affine = m.weight is not None or m.bias is not None
+    affine = m.weight is not None or getattr(m, "bias", None) is not None  # RMSNorm has a weight only
     for j, d in enumerate(_normalised_dims(ndim, len(m.normalized_shape))):
         atoms = cmap.at(d)
         if atoms is None:
             continue
         if not affine:
-            ctx.pin(atoms, "LayerNorm without affine parameters")
+            ctx.pin(atoms, f"{type(m).__name__} without affine parameters")
             continue
         ctx.use_tensor(node.target, "weight", j, atoms, Role.NORM)
         ctx.use_tensor(node.target, "bias", j, atoms, Role.BIAS)
-        ctx.mark_inexact(atoms, _LAYER_NORM_REASON)
+        ctx.mark_inexact(atoms, f"{type(m).__name__} normalises over removed channels")
     return cmap
 
 
-@RULES.resizer(nn.LayerNorm)
+@RULES.resizer(nn.LayerNorm, nn.RMSNorm)
 def resize_layer_norm(m: nn.LayerNorm) -> None:
     tensor = m.weight if m.weight is not None else m.bias
     m.normalized_shape = tuple(tensor.shape)
@@ -140,4 +140,19 @@ def functional_group_norm(ctx, node):
     # The block's dims are not tensor dims here: axis 0 of the grid counts the groups that survive.
     path = arg_path(node, 1, "num_groups")
     ctx.edit_shape(path, num_groups, Block((0, 1), grid), 0)
+    return cmap
+
+
+@RULES.module(nn.LocalResponseNorm, nn.CrossMapLRN2d)
+@RULES.function(F.local_response_norm)
+def local_response_norm(ctx, node):
+    """Divides each channel by the energy of its neighbours across channels: removing one would shift every
+    window around it, so the channels are pinned (kept), and pass through."""
+    x = input_arg(node)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(ctx.shape(x)))
+    atoms = cmap.at(1)
+    if atoms is not None:
+        ctx.pin(atoms, "LocalResponseNorm normalises each channel over its neighbours")
+    if cmap.dims - {1}:
+        raise LayoutError(f"LocalResponseNorm input carries channels on dims {sorted(cmap.dims - {1})} besides dim 1")
     return cmap
