@@ -35,8 +35,17 @@ def module_macs(model: nn.Module, inputs: Any) -> tuple[dict[str, int], int]:
     nested; ``""`` is the whole model), and the total."""
     check_model(model)
     check_inputs(inputs)
-    with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
-        call_model(model, inputs)
+    # FlopCounterMode's module tracker hooks the gradients of module inputs that require them, and a parameter
+    # passed to a submodule as an input (a class token) has none under no_grad: count with none required.
+    requiring = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in requiring:
+            p.requires_grad_(False)
+        with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
+            call_model(model, inputs)
+    finally:
+        for p in requiring:
+            p.requires_grad_(True)
     per_module = {}
     for key, ops in counter.get_flop_counts().items():
         if key == "Global":

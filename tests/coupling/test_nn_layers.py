@@ -3,6 +3,8 @@ by name. Models that chain them the way real networks do (a U-Net, an LSTM class
 an ESPCN super-resolution net) shrink exactly too.
 """
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -542,3 +544,64 @@ def test_every_torch_nn_module_class_is_classified():
 
     unknown = [name for name, status, _ in nn_coverage() if status == "unclassified"]
     assert not unknown, f"classify these torch.nn classes in graphprune/report/nn_coverage.py: {unknown}"
+
+
+class RMSAndPower(nn.Module):
+    """F.rms_norm over the features and an ``x ** 2`` gate, as ViTs with RMSNorm and poolformer v2 write them."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(5, 8)
+        self.weight = nn.Parameter(torch.rand(8) + 0.5)
+        self.mid = nn.Linear(8, 6)
+        self.down = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = F.rms_norm(self.up(x), (8,), self.weight, 1e-6)
+        return self.down(self.mid(h) ** 2)
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_functional_rms_norm_and_the_power_operator(capture):
+    model = RMSAndPower().eval()
+    x = torch.randn(4, 5)
+    plan = graphprune.plan(model, 0.5, example_inputs=x, scope=graphprune.Scope(capture=capture))
+    assert any("RMSNorm normalises" in r for r in plan.inexact)  # the RMSNorm's width is approximate, and says so
+    with warnings.catch_warnings():  # the literal (8,) fixes a width in Python: the exported path says so
+        warnings.simplefilter("ignore", graphprune.RewriteWarning)
+        shrunk = graphprune.apply(model, plan)
+    assert isinstance(shrunk, torch.fx.GraphModule)  # with (8,) rewritten, on either path
+    assert shrunk.mid.weight.shape == (3, 4) and shrunk.weight.shape == (4,)
+    exact = graphprune.plan(model, graphprune.Budget(ratio=0.5, exact_only=True), example_inputs=x,
+                            scope=graphprune.Scope(capture=capture))
+    small = graphprune.apply(model, exact)
+    assert small.mid.out_features == 3 and small.up.out_features == 8
+    assert graphprune.verify(model, exact, small, x) <= 1e-5
+
+
+class QKVChunk(nn.Module):
+    """EfficientViT's LiteMLA layout: one conv makes q, k and v for every head; a reshape to heads x 3*dim, then
+    a chunk of the inner axis into q, k and v (here combined element-wise, per head)."""
+
+    def __init__(self, heads=4, dim=4):
+        super().__init__()
+        self.dim = dim
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.qkv = nn.Conv2d(8, 3 * heads * dim, 1)
+        self.proj = nn.Conv2d(heads * dim, 8, 1)
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        qkv = self.qkv(F.relu(self.stem(x))).reshape(B, -1, 3 * self.dim, H * W).transpose(-1, -2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        out = F.relu(q) * torch.sigmoid(k) + v  # B x heads x HW x dim
+        return self.proj(out.transpose(-1, -2).reshape(B, -1, H, W))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_chunk_of_one_axis_of_a_heads_block_is_exact(capture):
+    """Was refused ("splitting dim 3, which is part of a 2-D channel block"). Now exact, the rest of the model
+    pruned; the attention keeps its width: the reshape's run-time head count (-1) joins position i of every
+    head, and the chunk keeps each head's q, k, v whole, which together leave nothing to remove there."""
+    plan, shrunk = _shrinks_exactly(QKVChunk(), torch.randn(2, 3, 4, 4), capture=capture)
+    assert shrunk.stem.weight.shape[0] == 4 and shrunk.qkv.weight.shape[0] == 48

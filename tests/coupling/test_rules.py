@@ -217,3 +217,40 @@ def test_custom_rule_extends_a_registry_without_touching_the_default():
     plan = graphprune.plan(Net(), 0.5, example_inputs=x, scope=scope)
     assert plan.removed_channels == 2
     assert graphprune.default_registry().rule_for_module(Scale()) is None
+
+
+class SizeTupleView(torch.nn.Module):
+    """BERT's ``x.size()[:-1] + (heads, head_dim)``: the view's shape is one tuple built at run time."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.qkv(x)
+        y = y.view(y.size()[:-1] + (2, 4)).transpose(1, 2).transpose(1, 2)
+        return self.out(y.reshape(x.shape[0], x.shape[1], 8))
+
+
+def test_a_view_shaped_by_one_run_time_tuple_is_refused_by_name_not_crashed():
+    with pytest.raises(graphprune.UnsupportedOpError, match="one value built at run time") as info:
+        graphprune.shrink(SizeTupleView(), 0.5, example_inputs=torch.randn(2, 3, 8))
+    assert "FX node" in str(info.value)
+
+
+def test_unary_minus_passes_channels_through():
+    """``-x`` (rotary embeddings' rotate_half writes ``torch.cat((-x2, x1), -1)``) is element-wise."""
+
+    class Negated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(-self.a(x))
+
+    model, x = Negated(), torch.randn(3, 4)
+    plan = graphprune.plan(model, 0.5, example_inputs=x)
+    shrunk = graphprune.apply(model, plan)
+    assert shrunk.a.out_features == 4 and graphprune.verify(model, plan, shrunk, x) <= 1e-6

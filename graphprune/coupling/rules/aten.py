@@ -40,7 +40,7 @@ TWINS: dict[object, object] = {
     aten.conv_transpose1d: F.conv_transpose1d, aten.conv_transpose2d: F.conv_transpose2d,
     aten.conv_transpose3d: F.conv_transpose3d,
     aten.batch_norm: F.batch_norm, aten.instance_norm: F.instance_norm, aten.layer_norm: F.layer_norm,
-    aten.group_norm: F.group_norm, aten.embedding: F.embedding,
+    aten.group_norm: F.group_norm, aten.embedding: F.embedding, aten.rms_norm: F.rms_norm,
     # element-wise, one tensor
     **{getattr(aten, name): name for name in (
         "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs", "neg", "sqrt", "square", "clamp",

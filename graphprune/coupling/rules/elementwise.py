@@ -33,7 +33,7 @@ _UNARY_FUNCTIONS = (
     F.silu, F.mish, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.hardswish, F.hardsigmoid,
     F.hardtanh, F.softplus, F.logsigmoid, F.hardshrink, F.softshrink, F.threshold, F.rrelu, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
     F.alpha_dropout, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.square, torch.clamp, torch.rsqrt, torch.cos,
-    torch.sin, torch.log, torch.log1p, torch.expm1, torch.erf, torch.reciprocal, torch.sign,
+    torch.sin, torch.log, torch.log1p, torch.expm1, torch.erf, torch.reciprocal, torch.sign, operator.neg,
     # Zeroes whole samples (rows) or the whole batch at random in training; the identity in eval.
     "torchvision.ops.stochastic_depth.stochastic_depth",
 )
@@ -205,7 +205,7 @@ def binary(ctx, node):
     return broadcast_join(ctx, node, operands)
 
 
-@RULES.function(torch.pow)
+@RULES.function(torch.pow, operator.pow)
 @RULES.method("pow", "pow_")
 def power(ctx, node):
     """``x ** p``: element-wise; a number exponent acts on each element, a tensor one is joined like any operand."""

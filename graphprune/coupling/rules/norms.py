@@ -25,7 +25,7 @@ from torch import nn
 from ..channels import Block, ChannelMap, LayoutError
 from ..context import Role
 from ..registry import Registry
-from ._common import arg, arg_path, input_arg, join_rows, join_tensor_arg
+from ._common import arg, arg_path, input_arg, join_rows, join_tensor_arg, op_name
 
 __all__ = ["RULES"]
 
@@ -65,9 +65,10 @@ def resize_layer_norm(m: nn.LayerNorm) -> None:
     m.normalized_shape = tuple(tensor.shape)
 
 
-@RULES.function(F.layer_norm)
+@RULES.function(F.layer_norm, F.rms_norm)
 def functional_layer_norm(ctx, node):
-    """``F.layer_norm(x, normalized_shape, weight, bias)``: like the module; the shape constant is rewritten.
+    """``F.layer_norm(x, normalized_shape, weight, bias)`` or ``F.rms_norm(x, normalized_shape, weight)``: like
+    the module; the shape constant is rewritten.
 
     This is what torchvision's ``LayerNorm2d`` (ConvNeXt) calls between two permutes.
     """
@@ -82,7 +83,8 @@ def functional_layer_norm(ctx, node):
         sizes = list(shape_arg)
     else:
         raise LayoutError("layer_norm's normalized_shape is computed at run time, so its rank is unknown")
-    weight, bias = arg(node, 2, "weight"), arg(node, 3, "bias")
+    rms = op_name(node) == "rms_norm"  # whose fourth argument is eps, not a bias
+    weight, bias = arg(node, 2, "weight"), None if rms else arg(node, 3, "bias")
     for j, d in enumerate(_normalised_dims(ndim, len(sizes))):
         atoms = cmap.at(d)
         if atoms is None:
@@ -92,7 +94,7 @@ def functional_layer_norm(ctx, node):
         size = sizes[j]
         if isinstance(size, int):  # a Node size is read from the tensor at run time and needs no edit
             ctx.edit_shape(path if isinstance(shape_arg, int) else path + (j,), size, cmap.block_at(d), 0)
-        ctx.mark_inexact(atoms, _LAYER_NORM_REASON)
+        ctx.mark_inexact(atoms, "RMSNorm normalises over removed channels" if rms else _LAYER_NORM_REASON)
     return cmap
 
 
@@ -130,7 +132,8 @@ def functional_group_norm(ctx, node):
     if atoms is None:
         return cmap
     num_groups = arg(node, 1, "num_groups")
-    weight, bias = arg(node, 2, "weight"), arg(node, 3, "bias")
+    rms = op_name(node) == "rms_norm"  # whose fourth argument is eps, not a bias
+    weight, bias = arg(node, 2, "weight"), None if rms else arg(node, 3, "bias")
     if not isinstance(num_groups, int):
         ctx.pin(atoms, "group_norm with a group count computed at run time")
         return cmap

@@ -59,6 +59,11 @@ def reshape(ctx, node):
     out, changed, pinned = reshape_channels(cmap, ctx.shape(x), ctx.shape(node))
     ctx.pin(pinned, "channel folded into an untracked dim")
     sizes, prefix = _size_args(node)
+    if len(sizes) != len(ctx.shape(node)):  # the shape is one value built at run time (x.size()[:-1] + (h, d))
+        if changed:
+            raise LayoutError("a view whose target shape is one value built at run time: the channel sizes inside "
+                              "it cannot be rewritten (pass the sizes as separate arguments)")
+        return out
     _tie_run_time_sizes(ctx, node, out)
     for d in changed:
         value = sizes[d]
@@ -254,6 +259,7 @@ def split(ctx, node):
     Explicit sizes (``split(x, [a, b], 1)``) become kept counts per piece. Equal pieces
     (``x.chunk(2, dim=1)``, ``split(x, 16, 1)``) are computed from the pruned size at run
     time, so the pieces must keep the same count: position i of every piece is one channel.
+    Cutting one axis of a multi-dim block keeps that axis whole (its rows are joined), as slicing does.
     """
     x = input_arg(node)
     shape = ctx.shape(x)
@@ -267,7 +273,12 @@ def split(ctx, node):
     if block is None:
         return [cmap for _ in sizes]
     if len(block.dims) != 1:
-        raise LayoutError(f"splitting dim {dim}, which is part of a {len(block.dims)}-D channel block")
+        # One axis of a heads x (q, k, v) block (EfficientViT's LiteMLA): whole rows go, the cut axis stays.
+        axis = block.dims.index(dim)
+        join_along(ctx, block.atoms, axis)
+        cuts = np.cumsum(sizes)[:-1]
+        others = ChannelMap(tuple(b for b in cmap.blocks if b is not block))
+        return [others.with_block(Block(block.dims, piece)) for piece in np.split(block.atoms, cuts, axis=axis)]
     rest = cmap.without(dim)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     pieces = [block.atoms[a:a + n] for a, n in zip(starts, sizes)]
