@@ -19,7 +19,7 @@ from torch import nn
 
 from ..base.errors import InputError, TraceError
 from .export import trace_export
-from .fx import trace_fx
+from .fx import TRY_EXPORT, trace_fx
 from .inputs import call_inputs, positional_inputs
 from .shapes import propagate_shapes
 
@@ -69,7 +69,7 @@ def capture(model: nn.Module, example_inputs: Any = None, *, leaf_modules: Itera
                 raise TraceError(
                     f"neither capture could take {type(model).__name__}.\n"
                     f"torch.fx: {fx_error.message}\n{export_error.message}",
-                    hint=fx_error.hint) from export_error  # it names the submodule to keep opaque
+                    hint=fx_error.hint.removeprefix(TRY_EXPORT)) from export_error  # names the submodule to keep opaque
         args = positional_inputs(model, gm, example_inputs)
         propagate_shapes(gm, args)
         return Captured(model, gm, args, leaf_modules)

@@ -53,6 +53,9 @@ def _user_frame(exc: BaseException) -> str:
     return f'\nsource: File "{frame.filename}", line {frame.lineno}, in {frame.name}\n    {frame.line}'
 
 
+TRY_EXPORT = "capture it with torch.export instead (Scope(capture='export'), or the default capture='auto'); or "
+
+
 def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = (), *, stack_traces: bool = False) -> torch.fx.GraphModule:
     """Symbolically trace ``model``; raises :class:`TraceError` naming the submodule and source line that failed.
 
@@ -88,7 +91,7 @@ def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = (), *, stack_traces
                     f"submodule and name it in Scope(leaf_modules=[...], ignore=[...])")
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}{_user_frame(exc)}",
-            hint=hint,
+            hint=TRY_EXPORT + hint,
         ) from exc
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta[_TRACED] = (model, leaf_modules)

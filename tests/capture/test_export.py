@@ -322,3 +322,13 @@ def test_a_traced_graph_that_is_not_the_model_is_caught_and_auto_exports_instead
     assert graphprune.plans_of(shrunk)[-1].capture == "export" and type(shrunk) is TypeTest
     assert graphprune.verify(model, graphprune.plans_of(shrunk)[-1], shrunk, x) <= 1e-5
     assert fingerprint(model) == before
+
+
+def test_a_trace_error_on_the_fx_path_suggests_export_and_the_one_from_both_paths_does_not():
+    model, x = _model("shape_branch")
+    with pytest.raises(graphprune.TraceError) as fx_only:
+        graphprune.couple(model, example_inputs=x, scope=Scope(capture="fx"))
+    assert "Scope(capture='export')" in str(fx_only.value)
+    with pytest.raises(graphprune.TraceError) as both:
+        graphprune.couple(ValueBranch(), example_inputs=torch.randn(1, 3, 8, 8))
+    assert "neither capture" in str(both.value) and "capture='export'" not in str(both.value)
