@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["call_model", "eval_mode", "device_of", "dtype_of"]
+__all__ = ["call_model", "eval_mode", "attributes_kept", "device_of", "dtype_of"]
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -47,6 +47,23 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     finally:
         for m, training in flags:
             m.training = training
+
+
+_TABLES = ("_parameters", "_buffers", "_modules")
+
+
+@contextlib.contextmanager
+def attributes_kept(model: nn.Module) -> Iterator[None]:
+    """Run the user's forward on stand-ins (proxies, fake tensors) without letting it keep them: a forward that
+    caches a computed value on its module (``self.anchors = ...``, ultralytics' Detect head) would otherwise
+    leave a fake tensor in the user's model. Every submodule's attributes are put back as they were."""
+    saved = [(m, {k: dict(v) if k in _TABLES else v for k, v in vars(m).items()}) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, attributes in saved:
+            vars(m).clear()
+            vars(m).update(attributes)
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..base.checks import check_model
 from ..base.errors import TraceError
-from ..base.running import eval_mode
+from ..base.running import attributes_kept, eval_mode
 from .shapes import propagate_shapes
 
 __all__ = ["trace_export", "export_error_reason"]
@@ -88,7 +88,7 @@ def trace_export(model: nn.Module, args: tuple[Any, ...], *, strict: bool = Fals
     check_model(model)
     args = tuple(args)
     try:
-        with torch.no_grad(), eval_mode(model), _quiet():
+        with torch.no_grad(), eval_mode(model), attributes_kept(model), _quiet():
             gm = torch.export.export(model, args, strict=strict).module()
     except Exception as exc:  # export raises many kinds: user errors, guards, unsupported Python
         raise TraceError(

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..base.checks import check_model
 from ..base.errors import GraphPruneError, InputError, TraceError
+from ..base.running import attributes_kept
 
 __all__ = ["trace_fx", "add_source_lines", "source_lines"]
 
@@ -76,7 +77,9 @@ def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = (), *, stack_traces
         raise InputError(f"leaf_modules names {missing}, which are not submodules of {type(model).__name__}")
     tracer = _Tracer(leaf_modules, stack_traces)
     try:
-        graph = tracer.trace(model)
+        with attributes_kept(model):  # tracing stores tensor constants on the model: the graph module takes them
+            graph = tracer.trace(model)
+            gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # FX raises TraceError, TypeError, NotImplementedError...
         # FX pushes each submodule it enters and does not pop on failure: the last one is the culprit.
         inside = [qualname for qualname, _ in tracer.module_stack.values() if qualname]
@@ -93,7 +96,6 @@ def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = (), *, stack_traces
             f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}{_user_frame(exc)}",
             hint=TRY_EXPORT + hint,
         ) from exc
-    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta[_TRACED] = (model, leaf_modules)
     return gm
 

@@ -157,6 +157,10 @@ def reshape_channels(
     pinned: list[np.ndarray] = []
     for in_dims, out_dims in reshape_groups(in_shape, out_shape):
         inside = [b for b in cmap.blocks if set(b.dims) & set(in_dims)]
+        if len(inside) > 1:  # a block of one channel (a 1-channel conv's output) cannot shrink: pin it, merge the rest
+            single = [b for b in inside if b.atoms.size == 1]
+            pinned.extend(b.atoms.ravel() for b in single)
+            inside = [b for b in inside if b.atoms.size != 1] or single[:0]
         if not inside:
             continue
         if len(inside) > 1:

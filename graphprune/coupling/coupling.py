@@ -185,6 +185,8 @@ def _get_attr(ctx: RuleContext, node: torch.fx.Node, meta: Any) -> Any:
         return None
     owner, _, attr = node.target.rpartition(".")
     module = ctx.gm.get_submodule(owner)
+    if attr not in module._parameters and attr not in module._buffers:
+        return ChannelMap()  # a plain tensor attribute (an export lifts it as a constant: ultralytics' stride)
     if attr not in module._parameters:
         # A buffer is fixed data (an index table, a mask, a coordinate grid): it carries no channels, so an
         # op that meets it with channels pins them rather than slicing it. The exception is a floating

@@ -605,3 +605,50 @@ def test_chunk_of_one_axis_of_a_heads_block_is_exact(capture):
     head, and the chunk keeps each head's q, k, v whole, which together leave nothing to remove there."""
     plan, shrunk = _shrinks_exactly(QKVChunk(), torch.randn(2, 3, 4, 4), capture=capture)
     assert shrunk.stem.weight.shape[0] == 4 and shrunk.qkv.weight.shape[0] == 48
+
+
+class DFL(nn.Module):
+    """YOLO's distribution focal loss head: a fixed 1x1 conv over a ``bins x sides`` view of a conv's outputs,
+    which must keep every one of them (they are box coordinates)."""
+
+    def __init__(self, bins=4):
+        super().__init__()
+        self.bins = bins
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.box = nn.Conv2d(8, 4 * bins, 1)
+        self.dfl = nn.Conv2d(bins, 1, 1, bias=False)
+        self.dfl.weight.data[:] = torch.arange(bins, dtype=torch.float).view(1, bins, 1, 1)
+
+    def forward(self, x):
+        y = self.box(F.relu(self.stem(x)))
+        b, _, h, w = y.shape
+        y = y.view(b, 4, self.bins, h * w).transpose(2, 1).softmax(1)
+        return self.dfl(y).view(b, 4, h * w)
+
+
+class ECA(nn.Module):
+    """Efficient channel attention: a k=3 Conv1d along the channel axis (it mixes neighbouring channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.mid = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = F.relu(self.stem(x))
+        gate = self.eca(y.mean((2, 3)).unsqueeze(1)).transpose(-1, -2).unsqueeze(-1).sigmoid()  # N x C x 1 x 1
+        return self.head(F.relu(self.mid(y * gate)))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_a_pointwise_conv_over_a_view_passes_channels_on_its_spatial_dims(capture):
+    plan, shrunk = _shrinks_exactly(DFL(), torch.randn(2, 3, 4, 4), capture=capture)
+    assert shrunk.box.weight.shape[0] == 16 and shrunk.stem.weight.shape[0] == 4  # box outputs all kept
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_a_conv_along_the_channel_axis_pins_those_channels_instead_of_refusing(capture):
+    plan, shrunk = _shrinks_exactly(ECA(), torch.randn(2, 3, 4, 4), capture=capture)
+    assert shrunk.stem.weight.shape[0] == 8 and shrunk.mid.weight.shape[0] == 4

@@ -67,9 +67,12 @@ def test_timm_global_response_norm_keeps_its_channels():
     assert graphprune.count_params(shrunk) < 0.9 * graphprune.count_params(model)
 
 
-def test_timm_efficient_channel_attention_is_refused_by_name():
-    # ECA runs a Conv1d along the channel dim, treating channels as a sequence: no channel can go.
-    with pytest.raises(graphprune.UnsupportedOpError) as info:
-        graphprune.plan(_build("ecaresnet26t"), 0.5, example_inputs=torch.randn(1, 3, 64, 64))
-    text = str(info.value)
-    assert "FX node: %layer1_0_se_conv" in text and "timm/layers/eca.py" in text
+def test_timm_efficient_channel_attention_keeps_the_channels_it_gates():
+    # ECA runs a Conv1d along the channel dim, treating channels as a sequence: those channels are pinned (it was
+    # refused before), and the rest of the network shrinks exactly.
+    model, x = _build("ecaresnet26t"), torch.randn(1, 3, 64, 64)
+    plan = graphprune.plan(model, 0.5, example_inputs=x)
+    shrunk = graphprune.apply(model, plan)
+    assert shrunk.layer1[0].conv3.out_channels == model.layer1[0].conv3.out_channels  # gated by ECA: kept
+    assert shrunk.layer1[0].conv1.out_channels < model.layer1[0].conv1.out_channels
+    assert graphprune.verify(model, plan, shrunk, x) <= 1e-5

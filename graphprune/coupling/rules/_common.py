@@ -11,7 +11,7 @@ import numpy as np
 from ..channels import Block, ChannelMap, LayoutError
 
 __all__ = ["input_arg", "arg", "arg_path", "op_name", "pass_through", "join_rows", "join_tensor_arg", "project", "project_axes", "fix_untracked",
-           "fix_untracked_dims", "last_dim_atoms", "join_along"]
+           "fix_untracked_dims", "last_dim_atoms", "join_along", "conv_input", "pointwise"]
 
 
 # One argument under the names the torch function, the tensor method and the ATen schema give it.
@@ -186,3 +186,29 @@ def join_along(ctx, atoms: np.ndarray, axis: int) -> None:
     rows = np.moveaxis(atoms, axis, -1).reshape(-1, atoms.shape[axis])
     for j in range(1, rows.shape[1]):
         ctx.join(rows[:, 0], rows[:, j])
+
+
+def pointwise(kernel, stride, padding) -> bool:
+    """Whether a convolution treats every position on its own: 1x1 kernel, stride 1, no padding."""
+    def ones(v):
+        return all(int(x) == 1 for x in (v if isinstance(v, (tuple, list)) else [v]))
+    no_pad = padding in ("valid", "same") or all(int(p) == 0 for p in (padding if isinstance(padding, (tuple, list)) else [padding]))
+    return ones(kernel) and ones(stride) and no_pad
+
+
+def conv_input(ctx, cmap: ChannelMap, cdim: int, positionwise: bool, what: str) -> tuple[np.ndarray | None, ChannelMap]:
+    """A convolution's input channels (its channel dim's atoms) and the blocks on its spatial dims that pass
+    through. A pointwise conv treats every position alone, so channels there pass (YOLO's DFL runs a 1x1 conv
+    over a ``bins x sides`` view); any other kernel mixes positions, so their channels are pinned (ECA's conv
+    over the channel axis). A block over the channel dim and another dim is refused."""
+    passing = []
+    for block in cmap.blocks:
+        if block.dims == (cdim,):
+            continue
+        if cdim in block.dims:
+            raise LayoutError(f"{what} input's channel dim is part of a channel block over dims {block.dims}")
+        if positionwise:
+            passing.append(block)
+        else:
+            ctx.pin(block.atoms, f"{what} mixes the positions of a dim that carries channels")
+    return cmap.at(cdim), ChannelMap(tuple(passing))

@@ -56,7 +56,7 @@ TWINS: dict[object, object] = {
     aten.alias: "clone", aten.lift_fresh_copy: "clone", aten.to: "to", aten._to_copy: "to",
     # element-wise, several tensors
     **{getattr(aten, name): name for name in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum",
-                                              "minimum", "addcmul", "roll")},
+                                              "minimum", "addcmul", "roll", "copy_")},
     aten.pad: F.pad, aten.constant_pad_nd: F.pad, aten.prelu: F.prelu, aten.glu: F.glu,
     # channels to space and back, channel shuffles
     aten.pixel_shuffle: F.pixel_shuffle, aten.pixel_unshuffle: F.pixel_unshuffle, aten.im2col: F.unfold,
@@ -82,6 +82,7 @@ TWINS: dict[object, object] = {
     aten.squeeze: "squeeze", aten.cat: torch.cat, aten.stack: torch.stack, aten.split: "split",
     aten.split_with_sizes: "split", aten.chunk: "chunk", aten.unbind: "unbind", aten.tensor_split: "tensor_split",
     aten.repeat_interleave: "repeat_interleave", aten.sym_size: "size",
+    **{getattr(aten, name): name for name in ("new_full", "new_zeros", "new_ones", "new_empty")},
 }
 
 
@@ -122,8 +123,8 @@ def slice_dim(ctx, node):
     dim = int(arg(node, 1, "dim", 0)) % len(shape)
     block = cmap.block_at(dim)
     item = slice(arg(node, 2, "start"), arg(node, 3, "end"), arg(node, 4, "step", 1))
-    if block is None or item == slice(None, None, 1) or (item.start in (None, 0) and item.stop is not None
-                                                         and isinstance(item.stop, int) and item.stop >= shape[dim]):
+    whole = item.start in (None, 0) and (item.stop is None or isinstance(item.stop, int) and item.stop >= shape[dim])
+    if block is None or (whole and item.step in (None, 1)):
         return cmap
     paths = {"start": arg_path(node, 2, "start"), "stop": arg_path(node, 3, "end")}
     return cmap.without(dim).with_block(shapes.slice_block(ctx, block, shape[dim], item, paths, dim))

@@ -198,9 +198,10 @@ def _nested(block: Block, others: list[Block], all_keys: list[frozenset]) -> tup
     operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
     torch.minimum,
 )
-@RULES.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum")
+@RULES.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum", "copy_")
 def binary(ctx, node):
-    """Element-wise arithmetic: every operand's channels are joined (a residual add, an SE multiply)."""
+    """Element-wise arithmetic: every operand's channels are joined (a residual add, an SE multiply; ``copy_``
+    writes one tensor's channels into another's, position by position)."""
     operands = [node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
     return broadcast_join(ctx, node, operands)
 

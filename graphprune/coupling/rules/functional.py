@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..channels import Block, ChannelMap, LayoutError
 from ..context import Role
 from ..registry import Registry
-from ._common import arg, arg_path, input_arg
+from ._common import arg, arg_path, conv_input, input_arg, pointwise
 
 __all__ = ["RULES"]
 
@@ -96,7 +96,8 @@ def _conv(ctx, node):
         raise LayoutError("the weight's shape or the number of groups is not known at trace time")
     ndim = len(ctx.shape(x))
     cdim = ndim - (len(w_shape) - 2) - 1
-    in_atoms = _only(_tensor_map(ctx, x), cdim, "the convolution's input")
+    positionwise = pointwise(w_shape[2:], arg(node, 3, "stride", 1), arg(node, 4, "padding", 0))
+    in_atoms, spatial = conv_input(ctx, _tensor_map(ctx, x), cdim, positionwise, "the convolution")
     w_map = _tensor_map(ctx, weight)
     if w_map.dims - {0, 1}:  # a kernel whose taps were joined with channels: not a plain weight
         for d in sorted(w_map.dims - {0, 1}):
@@ -130,10 +131,10 @@ def _conv(ctx, node):
         if bias is not None:
             _meet(ctx, out, b_atoms, "the convolution's bias")
             _claim(ctx, bias, 0, b_atoms, Role.BIAS)
-        return ChannelMap.single(cdim, out)
+        return spatial.with_block(Block((cdim,), out))
     if b_atoms is not None:
         ctx.pin(b_atoms, "bias of an untracked output")
-    return ChannelMap()
+    return spatial
 
 
 RULES.function(F.conv1d, F.conv2d, F.conv3d)(_conv)

@@ -11,7 +11,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from ..channels import Block, ChannelMap, LayoutError
 from ..context import Role
 from ..registry import Registry
-from ._common import arg, input_arg
+from ._common import arg, conv_input, input_arg, pointwise
 
 __all__ = ["RULES"]
 
@@ -42,7 +42,9 @@ def conv(ctx, node):
     # Channels folded into the batch dim (MViT pools each head as a sample) pass through: the
     # conv treats samples alone and shares its weight between them.
     samples = ChannelMap(tuple(b for b in cmap.blocks if max(b.dims) < cdim))
-    in_atoms = _only_dim(ChannelMap(tuple(b for b in cmap.blocks if max(b.dims) >= cdim)), cdim, type(m).__name__)
+    at_or_after = ChannelMap(tuple(b for b in cmap.blocks if max(b.dims) >= cdim))
+    in_atoms, spatial = conv_input(ctx, at_or_after, cdim, pointwise(m.kernel_size, m.stride, m.padding), type(m).__name__)
+    samples = ChannelMap(samples.blocks + spatial.blocks)
     if m.groups == m.in_channels and m.groups > 1:
         if in_atoms is None:
             return samples

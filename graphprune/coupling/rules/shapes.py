@@ -237,9 +237,13 @@ def slice_block(ctx, block: Block, size: int, item: slice, paths: dict[str, tupl
     one channel, so the axis keeps its size and only whole rows (heads) can go.
     """
     bounds = (item.start, item.stop)
-    if item.step not in (None, 1) or any(not isinstance(v, (int, type(None))) or (v is not None and v < 0) for v in bounds):
-        raise LayoutError(f"slicing a channel dim with {item}: only constant, non-negative bounds and step 1 can be rewritten")
+    if not isinstance(item.step, (int, type(None))) or any(not isinstance(v, (int, type(None))) or (v is not None and v < 0) for v in bounds):
+        raise LayoutError(f"slicing a channel dim with {item}: only constant, non-negative bounds can be rewritten")
     start, stop = item.start or 0, size if item.stop is None else min(item.stop, size)
+    if item.step not in (None, 1):  # every third entry (YOLO's keypoint visibilities): kept as they are
+        ctx.pin(block.atoms, f"a channel dim sliced with step {item.step}")
+        axis = block.dims.index(dim) if dim is not None and len(block.dims) > 1 else 0
+        return Block(block.dims, np.take(block.atoms, np.arange(start, stop, item.step), axis=axis))
     if len(block.dims) > 1:
         axis = block.dims.index(dim)
         join_along(ctx, block.atoms, axis)
@@ -537,3 +541,21 @@ def _tie_run_time_sizes(ctx, node: torch.fx.Node, out: ChannelMap) -> None:
             ctx.pin(marker.atoms, "a view sized by a channel count, over a dim without channels")
         else:
             raise LayoutError(f"dim {d} is sized at run time by another tensor's channels, but is part of a multi-dim block")
+
+
+@RULES.method("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor")
+def fresh_tensor(ctx, node):
+    """``x.new_full(size, value)`` and the like: a new tensor that takes only ``x``'s dtype and device, so none of
+    ``x``'s channels reach it (YOLO's anchor strides). A size read from a channel dim pins those channels."""
+    for value in _flat(list(node.args[1:]) + list(node.kwargs.values())):
+        marker = ctx.channels(value) if isinstance(value, torch.fx.Node) else None
+        if isinstance(marker, SizeOf):
+            ctx.pin(marker.atoms, "a new tensor sized by a channel dim")
+    return ChannelMap()
+
+
+def _flat(values) -> list:
+    out = []
+    for v in values:
+        out.extend(_flat(v) if isinstance(v, (list, tuple)) else [v])
+    return out
