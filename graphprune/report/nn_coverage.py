@@ -68,15 +68,15 @@ def nn_coverage(registry: Registry | None = None) -> Iterator[tuple[str, str, st
     for cls in _classes():
         name = cls.__name__
         rule = registry.rule_for_class(cls)
-        if issubclass(cls, _Loss) or name.endswith("Loss"):
+        if name in REFUSED:
+            yield name, "refused", REFUSED[name]
+        elif issubclass(cls, _Loss) or name.endswith("Loss"):
             yield name, "no channels", "an objective: it is not part of the model's forward"
         elif issubclass(cls, LazyModuleMixin):
             target = getattr(cls, "cls_to_become", None)
             yield name, "lazy", f"becomes {target.__name__} at its first forward, then covered as it is" if target else ""
         elif rule is not None:
             yield name, "rule", f"{rule.__module__.rpartition('.')[2]}.{rule.__name__}"
-        elif name in REFUSED:
-            yield name, "refused", REFUSED[name]
         elif name in NOT_LAYERS:
             yield name, "not a layer", NOT_LAYERS[name]
         elif name == "DataParallel":

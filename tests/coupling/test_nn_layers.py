@@ -544,6 +544,11 @@ def test_every_torch_nn_module_class_is_classified():
 
     unknown = [name for name, status, _ in nn_coverage() if status == "unclassified"]
     assert not unknown, f"classify these torch.nn classes in graphprune/report/nn_coverage.py: {unknown}"
+    from graphprune.report.nn_coverage import REFUSED
+
+    registry = graphprune.default_registry()
+    ruled = [name for name in REFUSED if registry.rule_for_class(getattr(nn, name)) is not None]
+    assert not ruled, f"these have rules now: take them out of REFUSED: {ruled}"
 
 
 class RMSAndPower(nn.Module):
