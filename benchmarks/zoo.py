@@ -27,9 +27,9 @@ relative difference (``graphprune.verify``), or "not exact" with the reasons the
 
 Weights are random (no downloads). BatchNorm statistics and affine parameters are drawn away
 from their (0, 1, 1, 0) initial values first, so that a wrongly sliced statistic changes the
-output instead of hiding behind an identity normalisation. Weight tensors that torchvision
-initialises to zero (ViT's classifier head) are redrawn, since a constant output would make
-any rewrite look exact.
+output instead of hiding behind an identity normalisation. Parameters initialised to zero or
+nearly (ViT's classifier head, swinv2_cr's zero post-norm gains, layer scales of 1e-5) are redrawn,
+since a branch multiplied by (nearly) zero would make any rewrite look exact.
 """
 
 from __future__ import annotations
@@ -145,9 +145,9 @@ def spread_norm_statistics(model) -> None:
                 if m.affine:
                     m.weight.uniform_(0.5, 1.5)
                     m.bias.uniform_(-0.2, 0.2)
-        for p in model.parameters():
-            if p.ndim > 1 and not p.any():
-                p.normal_(0.0, 0.02)
+        for p in model.parameters():  # zero or tiny heads, layer scales and post-norm gains make any check vacuous
+            if p.is_floating_point() and (not p.any() or p.ndim == 1 and p.abs().max() < 1e-3):
+                p.normal_(0.0, 0.02 if p.ndim > 1 else 0.2)
 
 
 def _ok(fn) -> str:

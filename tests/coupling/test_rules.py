@@ -254,3 +254,25 @@ def test_unary_minus_passes_channels_through():
     plan = graphprune.plan(model, 0.5, example_inputs=x)
     shrunk = graphprune.apply(model, plan)
     assert shrunk.a.out_features == 4 and graphprune.verify(model, plan, shrunk, x) <= 1e-6
+
+
+class SizeArithmetic(torch.nn.Module):
+    """swinv2_cr's ``qkv.view(B, L, 3, heads, D // heads)``, D read from another tensor's channel dim: the
+    arithmetic hides that count from the view, so those channels must not change."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.mix, self.head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.stem(x)
+        B, L, D = y.shape
+        z = self.mix(torch.relu(y)).view(B, L, 2, D // 2)
+        return self.head(torch.relu(z).flatten(2) + y)
+
+
+def test_a_channel_count_used_in_size_arithmetic_is_kept():
+    model, x = SizeArithmetic(), torch.randn(2, 3, 4)
+    plan = graphprune.plan(model, 0.5, example_inputs=x)
+    shrunk = graphprune.apply(model, plan)  # the postcondition ran the model's own forward at the new widths
+    assert shrunk.stem.out_features == 8 and graphprune.verify(model, plan, shrunk, x) <= 1e-6

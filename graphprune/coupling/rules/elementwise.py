@@ -17,6 +17,7 @@ from torch import nn
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
 from ._common import arg, input_arg, join_tensor_arg, pass_through, project
+from .shapes import DerivedSize, SizeOf
 
 __all__ = ["RULES", "broadcast_join"]
 
@@ -195,14 +196,19 @@ def _nested(block: Block, others: list[Block], all_keys: list[frozenset]) -> tup
 
 @RULES.function(
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
-    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
-    torch.minimum,
+    operator.imul, operator.itruediv, operator.floordiv, operator.mod, torch.add, torch.sub, torch.mul, torch.div,
+    torch.maximum, torch.minimum,
 )
 @RULES.method("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum", "copy_")
 def binary(ctx, node):
     """Element-wise arithmetic: every operand's channels are joined (a residual add, an SE multiply; ``copy_``
-    writes one tensor's channels into another's, position by position)."""
+    writes one tensor's channels into another's, position by position). On sizes (``D // heads``) the result is
+    a :class:`~.shapes.DerivedSize`, which the view it feeds checks."""
     operands = [node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
+    if ctx.shape(node) is None:  # arithmetic on ints: a size computed from channel counts stays one
+        markers = [ctx.channels(v) for v in operands if isinstance(v, torch.fx.Node)]
+        counted = [m.atoms for m in markers if isinstance(m, (SizeOf, DerivedSize))]
+        return DerivedSize(np.concatenate(counted)) if counted else None
     return broadcast_join(ctx, node, operands)
 
 

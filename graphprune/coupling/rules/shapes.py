@@ -512,6 +512,15 @@ class SizeOf:
     atoms: np.ndarray
 
 
+@dataclass(frozen=True)
+class DerivedSize:
+    """An int computed from channel counts (``D // heads``). A view of those same channels may use it (the grid
+    of ShuffleNet's ``view(b, 2, c // 2, h, w)`` stays valid); sizing anything else by it would hide the count
+    from the plan, so those channels are pinned there."""
+
+    atoms: np.ndarray
+
+
 def _sizes_of(ctx, x) -> tuple[SizeOf | None, ...]:
     shape = ctx.shape(x)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
@@ -530,8 +539,13 @@ def _tie_run_time_sizes(ctx, node: torch.fx.Node, out: ChannelMap) -> None:
     channels of its own cannot follow, so the channels it was sized by are pinned.
     """
     sizes, _ = _size_args(node)
+    viewed = (ctx.channels(input_arg(node)) or ChannelMap()).all_atoms()
     for d, value in enumerate(sizes):
         marker = ctx.channels(value) if isinstance(value, torch.fx.Node) else None
+        if isinstance(marker, DerivedSize):
+            if not np.isin(marker.atoms, viewed).all():
+                ctx.pin(marker.atoms, "a view sized by arithmetic on another tensor's channel count")
+            continue
         if not isinstance(marker, SizeOf):
             continue
         block = out.block_at(d)
@@ -549,7 +563,7 @@ def fresh_tensor(ctx, node):
     ``x``'s channels reach it (YOLO's anchor strides). A size read from a channel dim pins those channels."""
     for value in _flat(list(node.args[1:]) + list(node.kwargs.values())):
         marker = ctx.channels(value) if isinstance(value, torch.fx.Node) else None
-        if isinstance(marker, SizeOf):
+        if isinstance(marker, (SizeOf, DerivedSize)):
             ctx.pin(marker.atoms, "a new tensor sized by a channel dim")
     return ChannelMap()
 
