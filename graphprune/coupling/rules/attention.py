@@ -26,7 +26,7 @@ import numpy as np
 import torch.fx
 from torch import nn
 
-from ..channels import Block, ChannelMap, LayoutError
+from ..channels import Block, ChannelMap
 from ..context import Role
 from ..registry import Registry
 from ._common import arg, join_rows, last_dim_atoms
@@ -38,7 +38,7 @@ RULES = Registry()
 
 @RULES.module(nn.MultiheadAttention)
 def multihead_attention(ctx, node):
-    """``nn.MultiheadAttention`` (packed q/k/v weights): whole heads, each paired with a slice of the embedding.
+    """``nn.MultiheadAttention``: whole heads, each paired with a slice of the embedding (packed q/k/v, or kdim/vdim).
 
     Query, key and value are read through the same ``in_proj_weight`` columns, so their
     channels are joined. Attention weights (``need_weights=True``) averaged over heads would
@@ -49,24 +49,29 @@ def multihead_attention(ctx, node):
     found = [last_dim_atoms(ctx, t, "MultiheadAttention") for t in inputs]
     last = found[0][0]
     atoms = [a for _, a in found]
-    if not m._qkv_same_embed_dim:
-        return _separate_projections(ctx, node, m, last, atoms)
     meta = node.meta.get("tensor_meta")
     weights_meta = meta[1] if isinstance(meta, (tuple, list)) else None
     outputs = [None, None if weights_meta is None else ChannelMap()]
-    if any(a is None for a in atoms) or (weights_meta is not None and _weights_used(node)):
+    # Packed q/k/v read one set of columns, so all three must be tracked; with kdim/vdim only the query must.
+    needed = atoms if m._qkv_same_embed_dim else atoms[:1]
+    if any(a is None for a in needed) or (weights_meta is not None and _weights_used(node)):
         for a in atoms:
             if a is not None:
                 ctx.pin(a, "MultiheadAttention whose width cannot change (an input without channels, or returned attention weights)")
         outputs[0] = ChannelMap()
         return tuple(outputs)
     embed = atoms[0]
-    for other in atoms[1:]:
-        ctx.join(embed, other)
     join_rows(ctx, embed, m.num_heads)
     qkv = np.concatenate([embed, embed, embed])
-    ctx.use_tensor(node.target, "in_proj_weight", 0, qkv, Role.PRODUCER)
-    ctx.use_tensor(node.target, "in_proj_weight", 1, embed, Role.CONSUMER)
+    if m._qkv_same_embed_dim:
+        for other in atoms[1:]:
+            ctx.join(embed, other)
+        ctx.use_tensor(node.target, "in_proj_weight", 0, qkv, Role.PRODUCER)
+        ctx.use_tensor(node.target, "in_proj_weight", 1, embed, Role.CONSUMER)
+    else:  # kdim/vdim: the key's and value's widths are channels of their own streams, read by their columns
+        for weight, columns in zip(("q_proj_weight", "k_proj_weight", "v_proj_weight"), atoms):
+            ctx.use_tensor(node.target, weight, 0, embed, Role.PRODUCER)
+            ctx.use_tensor(node.target, weight, 1, columns, Role.CONSUMER)
     ctx.use_tensor(node.target, "in_proj_bias", 0, qkv, Role.BIAS)
     ctx.use_tensor(node.target, "bias_k", 2, embed, Role.BIAS)
     ctx.use_tensor(node.target, "bias_v", 2, embed, Role.BIAS)
@@ -76,33 +81,6 @@ def multihead_attention(ctx, node):
     ctx.use_tensor(out, "bias", 0, embed, Role.BIAS)
     outputs[0] = ChannelMap.single(last, embed)
     return tuple(outputs)
-
-
-def _separate_projections(ctx, node, m: nn.MultiheadAttention, last: int, atoms: list) -> tuple:
-    """``kdim``/``vdim`` other than ``embed_dim``: q, k and v have weights of their own. The query's width is
-    the embedding (whole heads, as above); the key's and value's widths are channels of their own streams,
-    read by the columns of ``k_proj_weight`` and ``v_proj_weight``, so they shrink with those streams."""
-    query, key, value = atoms
-    meta = node.meta.get("tensor_meta")
-    weights_meta = meta[1] if isinstance(meta, (tuple, list)) else None
-    if query is None or (weights_meta is not None and _weights_used(node)):
-        for a in atoms:
-            if a is not None:
-                ctx.pin(a, "MultiheadAttention whose width cannot change (an input without channels, or returned attention weights)")
-        return ChannelMap(), None if weights_meta is None else ChannelMap()
-    join_rows(ctx, query, m.num_heads)
-    for weight, columns in (("q_proj_weight", query), ("k_proj_weight", key), ("v_proj_weight", value)):
-        ctx.use_tensor(node.target, weight, 0, query, Role.PRODUCER)
-        ctx.use_tensor(node.target, weight, 1, columns, Role.CONSUMER)
-    qkv = np.concatenate([query, query, query])
-    ctx.use_tensor(node.target, "in_proj_bias", 0, qkv, Role.BIAS)
-    ctx.use_tensor(node.target, "bias_k", 2, query, Role.BIAS)
-    ctx.use_tensor(node.target, "bias_v", 2, query, Role.BIAS)
-    out = f"{node.target}.out_proj"
-    ctx.use_tensor(out, "weight", 0, query, Role.PRODUCER)
-    ctx.use_tensor(out, "weight", 1, query, Role.CONSUMER)
-    ctx.use_tensor(out, "bias", 0, query, Role.BIAS)
-    return ChannelMap.single(last, query), None if weights_meta is None else ChannelMap()
 
 
 def _weights_used(node: torch.fx.Node) -> bool:
