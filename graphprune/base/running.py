@@ -14,6 +14,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,15 +56,21 @@ _TABLES = ("_parameters", "_buffers", "_modules")
 @contextlib.contextmanager
 def attributes_kept(model: nn.Module) -> Iterator[None]:
     """Run the user's forward on stand-ins (proxies, fake tensors) without letting it keep them: a forward that
-    caches a computed value on its module (``self.anchors = ...``, ultralytics' Detect head) would otherwise
-    leave a fake tensor in the user's model. Every submodule's attributes are put back as they were."""
+    caches a computed value on its module (``self.anchors = ...``, ultralytics' Detect head; an entry in a cache
+    dict, timm's ``attention_bias_cache``) would otherwise leave a fake tensor in the user's model. Every
+    submodule's attributes are put back as they were, and a dict, list or set it holds gets its entries back."""
     saved = [(m, {k: dict(v) if k in _TABLES else v for k, v in vars(m).items()}) for m in model.modules()]
+    contents = [(v, copy.copy(v)) for _, attributes in saved for k, v in attributes.items()
+                if k not in _TABLES and type(v) in (dict, list, set)]
     try:
         yield
     finally:
         for m, attributes in saved:
             vars(m).clear()
             vars(m).update(attributes)
+        for container, entries in contents:
+            container.clear()
+            container.update(entries) if not isinstance(container, list) else container.extend(entries)
 
 
 def device_of(model: nn.Module) -> torch.device:

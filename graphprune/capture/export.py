@@ -97,6 +97,40 @@ def trace_export(model: nn.Module, args: tuple[Any, ...], *, strict: bool = Fals
             hint="a branch on tensor values cannot be captured by either path: compute it outside the model, or "
                  "shrink a capturable submodule (graphprune.shrink_submodule)",
         ) from exc
+    _inline_disabled_autocast(gm)
     propagate_shapes(gm, args)  # inputs that do not fit are the user's InputError, naming the node
     gm.meta["graphprune.exported"] = {"strict": strict}
     return gm
+
+
+def _inline_disabled_autocast(gm: torch.fx.GraphModule) -> None:
+    """Put the body of every ``with torch.autocast(..., enabled=False)`` region back into the graph.
+
+    An export keeps such a region as a ``wrap_with_autocast`` call of a nested graph (EfficientViT runs its
+    attention in float32 that way), which no rule can see into. Outside autocast, as the capture runs, a
+    disabled region computes exactly its body, so the body replaces the call. Enabled regions are left as they
+    are, and refused by name if channels reach them.
+    """
+    wrap = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
+    for node in list(gm.graph.find_nodes(op="call_function", target=wrap)) if wrap is not None else ():
+        _device, _dtype, enabled, _cache, body, *operands = node.args
+        sub = getattr(gm, body.target, None) if body.op == "get_attr" else None
+        if enabled or not isinstance(sub, torch.fx.GraphModule) or sub.graph.find_nodes(op="get_attr"):
+            continue
+        env: dict[torch.fx.Node, Any] = {}
+        with gm.graph.inserting_before(node):
+            for inner in sub.graph.nodes:
+                if inner.op == "placeholder":
+                    env[inner] = operands[len(env)]
+                elif inner.op == "output":
+                    result = torch.fx.node.map_arg(inner.args[0], env.__getitem__)
+                else:
+                    env[inner] = gm.graph.node_copy(inner, env.__getitem__)
+        for user in list(node.users):  # the region's outputs, picked by getitem
+            user.replace_all_uses_with(result[user.args[1]])
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        if not body.users:
+            gm.graph.erase_node(body)
+            delattr(gm, body.target)
+    gm.recompile()

@@ -93,7 +93,7 @@ def run_shapes(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
         state = {} if convert is None else _state(source, convert, {})
         stand_ins = inputs if convert is None else pytree.tree_map_only(torch.Tensor, convert, inputs)
         with torch.no_grad(), eval_mode(source):
-            result = functional_call(source, state, _as_args(stand_ins), _as_kwargs(stand_ins)) if state else \
+            result = functional_call(source, state, _as_args(stand_ins), _as_kwargs(stand_ins), tie_weights=False) if state else \
                 call_model(source, stand_ins)
         return [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
 
@@ -125,7 +125,12 @@ def _state(module: nn.Module, convert: Convert, cache: dict[int, torch.Tensor]) 
     if not module._modules:  # a leaf layer: its own tables, without walking a tree
         named = [*module._parameters.items(), *module._buffers.items()]
     else:
-        named = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+        # Every module once (a module shared by several paths, as CoaT's MLPs are, by its first): functional_call
+        # swaps a tensor in per name and back in the same order, so a second name for one module's tensor would
+        # save the stand-in as the "original" and leave it in the model (hence tie_weights=False too, which would
+        # add those names back). A tensor tied between two modules is named by each of them.
+        named = [(f"{prefix}.{attr}" if prefix else attr, t) for prefix, m in module.named_modules()
+                 for attr, t in (*m._parameters.items(), *m._buffers.items())]
     return {name: _stand_in(t, convert, cache) for name, t in named if t is not None}
 
 
@@ -192,7 +197,7 @@ class _ShapeInterpreter(torch.fx.Interpreter):
             return module(*args, **kwargs)
         if self.convert is _on_meta and (answer := known_module_call(module, args, kwargs)) is not None:
             return answer
-        return functional_call(module, _state(module, self.convert, self.cache), tuple(args), dict(kwargs))
+        return functional_call(module, _state(module, self.convert, self.cache), tuple(args), dict(kwargs), tie_weights=False)
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
         if self.convert is _on_meta and (answer := known_call(target, args, kwargs)) is not None:

@@ -164,7 +164,12 @@ def reshape_channels(
         if not inside:
             continue
         if len(inside) > 1:
-            raise LayoutError(f"a reshape merges {len(inside)} independent channel blocks into dims {out_dims}")
+            # Independent blocks merged into one dim (a weight's input, kh and kw dims viewed as one for weight
+            # standardisation): an entry would belong to one channel of each. The largest block stays; the
+            # others are kept whole, as untracked dims are, so the merged dim is that block's channels repeated.
+            keep = max(inside, key=lambda b: b.atoms.size)
+            pinned.extend(b.atoms.ravel() for b in inside if b is not keep)
+            inside = [keep]
         block = inside[0]
         if not set(block.dims) <= set(in_dims):
             raise LayoutError(f"a reshape splits the channel block over dims {block.dims}")

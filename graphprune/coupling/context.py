@@ -104,6 +104,7 @@ class RuleContext:
         self.joins: list[tuple[np.ndarray, np.ndarray]] = []
         self.pins: list[tuple[np.ndarray, str]] = []
         self.uses: dict[tuple[str, int], TensorUse] = {}
+        self._by_first_atom: dict[int, list[tuple[str, int]]] = defaultdict(list)
         self.shape_edits: list[ShapeEdit] = []
         self.inexact: list[tuple[np.ndarray, str]] = []
 
@@ -187,6 +188,18 @@ class RuleContext:
                 self.uses[key] = dataclasses.replace(existing, role=role)
         else:
             self.uses[key] = TensorUse(name, dim, atoms, role, self.node.name)
+            if atoms.size:
+                self._by_first_atom[int(atoms[0])].append(key)
+
+    def claim_computed(self, atoms: np.ndarray, role: str) -> None:
+        """A weight computed in the graph from a parameter (timm's weight-standardised convs): its ``atoms`` are
+        those a ``get_attr`` gave one dim of the parameter, and they reached here only through ops whose rules
+        keep each index on its own (an op that mixes them pins them), so that dim plays ``role`` too."""
+        atoms = np.asarray(atoms)
+        for key in self._by_first_atom.get(int(atoms[0]), ()) if atoms.size else ():
+            use = self.uses[key]
+            if use.role == Role.DIRECT and np.array_equal(use.atoms, atoms):
+                self.uses[key] = dataclasses.replace(use, role=role)
 
     def edit_shape(self, path: tuple[Any, ...], old: int, block: Block, axis: int) -> None:
         """Record that an integer argument of the current node counts channels of ``block`` along ``axis``."""

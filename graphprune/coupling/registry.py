@@ -111,7 +111,10 @@ class Registry:
         return self._by_class(self._modules, cls)
 
     def resizer_for(self, module: nn.Module) -> Resizer | None:
-        return self._by_class(self._resizers, type(module))
+        """The resizer of ``module``'s class or its nearest registered base. Unlike a rule, a base's resizer serves a
+        subclass with a forward of its own (timm's weight-standardised ``StdConv2d``): ``out_channels`` means the same
+        there, and the rewrite checks the resized module against the graph before returning it."""
+        return next((self._resizers[base] for base in type(module).__mro__ if base in self._resizers), None)
 
     def rule_for(self, node: torch.fx.Node, root: nn.Module) -> Rule | None:
         if node.op == "call_module":

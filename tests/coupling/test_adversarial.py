@@ -115,16 +115,28 @@ class ChannelReverse(torch.autograd.Function):
 
 @pytest.mark.parametrize("op, node", [
     (lambda self, x: torch.roll(x, 1, dims=1), "target=torch.roll"),
-    (lambda self, x: x[:, self.perm], "target=operator.getitem"),
     (lambda self, x: x[:, [1, 0, 2, 3, 4, 5, 6, 7]], "target=operator.getitem"),
-    (lambda self, x: x.index_select(1, self.perm), "target=index_select"),
     (lambda self, x: x.flip(1), "target=flip"),
     (lambda self, x: ChannelReverse.apply(x), "target=flip"),  # FX traces the Function's forward
-], ids=["roll", "index-buffer", "index-list", "index_select", "flip", "autograd-function"])
+], ids=["roll", "index-list", "flip", "autograd-function"])
 def test_ops_that_move_channels_are_refused_by_name(op, node):
     text = refused(ChannelOp(op))
     assert "FX node:" in text and node in text
     assert "test_adversarial.py" in text  # the user's line
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize("op, width", [
+    (lambda self, x: x[:, self.perm], 8),
+    (lambda self, x: x.index_select(1, self.perm), 8),
+    (lambda self, x: x[:, :, self.perm[:4]], 4),
+], ids=["index-buffer", "index_select", "index-space"])
+def test_a_gather_by_an_index_tensor_keeps_the_gathered_channels(op, width, capture):
+    """An index tensor holds positions as data that cannot be renumbered: the channels it gathers stay whole,
+    and the rewrite is exact. Gathering along space leaves the channels prunable."""
+    model = _randomize(ChannelOp(op))
+    plan, shrunk = shrink_exactly(model, scope=graphprune.Scope(capture=capture))
+    assert shrunk.conv.out_channels == width
 
 
 def test_channel_rotation_by_slices_is_handled_exactly():
@@ -266,22 +278,28 @@ def test_functional_layers_over_own_parameters_are_pruned_exactly():
 
 
 class ComputedWeight(nn.Module):
-    """F.conv2d over a weight computed in the graph: channels join, but nothing is removed from it."""
+    """F.conv2d over a weight computed in the graph from a parameter (timm's weight standardisation)."""
 
-    def __init__(self):
+    def __init__(self, mix: bool):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.w = nn.Parameter(torch.randn(6, 8, 1, 1))
         self.head = nn.Conv2d(6, 2, 1)
+        self.mix = mix
 
     def forward(self, x):
-        return self.head(F.conv2d(torch.relu(self.conv(x)), self.w * 2.0))
+        # Scaled per filter, or by a sum over every filter, which removing one would change.
+        w = self.w * self.w.sum(0, keepdim=True) if self.mix else self.w * 2.0
+        return self.head(F.conv2d(torch.relu(self.conv(x)), w))
 
 
-def test_functional_conv_over_a_computed_weight_keeps_its_output_channels():
-    plan, shrunk = shrink_exactly(ComputedWeight())
-    assert shrunk.conv.out_channels == 4 and shrunk.w.shape == (6, 4, 1, 1)  # input side pruned
-    assert shrunk.head.in_channels == 6  # its output has no producer graphprune may slice
+@pytest.mark.parametrize("mix", [False, True])
+def test_functional_conv_over_a_computed_weight(mix):
+    """A weight computed filter by filter produces its output channels, so its parameter's rows go with them;
+    one whose filters are mixed keeps them all."""
+    plan, shrunk = shrink_exactly(ComputedWeight(mix))
+    assert shrunk.conv.out_channels == 4 and shrunk.w.shape[1] == 4  # input side pruned
+    assert shrunk.head.in_channels == shrunk.w.shape[0] == (6 if mix else 3)
 
 
 # -- modes, precisions, buffers, inputs ---------------------------------------------------------------------
@@ -347,3 +365,28 @@ def test_cuda_model_stays_on_its_device_and_is_exact():
     plan, shrunk = shrink_exactly(model, x)
     assert all(p.is_cuda for p in shrunk.parameters())
     assert shrunk.a.out_channels == 4
+
+
+class TwoNamesOneModule(nn.Module):
+    """CoaT shares one MLP between three branches: ``self.mlp2 = self.mlp3 = Mlp(...)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(5, 8)
+        self.mlp_a = self.mlp_b = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(self.mlp_a(x) + self.mlp_b(torch.relu(x)))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_a_module_reachable_by_two_names_is_sliced_once_and_left_whole(capture):
+    """Shape checks swap stand-ins for a module's tensors and back: once per module, or the shrunk model kept
+    the stand-ins (meta tensors) of the second name."""
+    model, x = TwoNamesOneModule(), torch.randn(2, 5)
+    plan, shrunk = shrink_exactly(model, x, scope=graphprune.Scope(capture=capture))
+    tensors = [*shrunk.parameters(), *shrunk.buffers(), *model.parameters()]
+    assert all(t.device.type == "cpu" for t in tensors)
+    assert shrunk.mlp_a[0].out_features == 6 and shrunk.mlp_a is shrunk.mlp_b

@@ -377,18 +377,32 @@ def test_padding_passes_channels_exactly():
     assert shrunk.conv.out_channels == 4 and shrunk.mid.out_channels == 4
 
 
-def test_padding_a_channel_dim_is_refused_by_name():
+@pytest.mark.parametrize("mode", ["constant", "replicate"])
+def test_padding_a_channel_dim_adds_kept_channels(mode):
+    """Padded channels are new, fixed ones; the padded tensor's own channels stay prunable when the padding is a
+    constant, and are kept when it copies their neighbours."""
     class PadChannels(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 8, 1)
+            self.conv = nn.Conv1d(3, 8, 1)
+            self.head = nn.Conv1d(10, 4, 1)
 
         def forward(self, x):
-            return F.pad(self.conv(x), (0, 0, 0, 0, 1, 1))
+            y = torch.relu(self.conv(x))
+            if mode == "replicate":  # replicate pads the last dim only: the channels go last
+                return self.head(F.pad(y.transpose(1, 2), (1, 1), mode="replicate").transpose(1, 2))
+            return self.head(F.pad(y, (0, 0, 1, 1), value=0.5))
 
-    with pytest.raises(graphprune.UnsupportedOpError, match="FX node: %pad") as info:
-        graphprune.plan(PadChannels(), 0.5, example_inputs=torch.randn(1, 3, 4, 4))
-    assert "channel dim 1 from 8 to 10" in str(info.value)
+    x = torch.randn(2, 3, 5)
+    if mode == "constant":
+        plan, shrunk = _shrink_and_verify(PadChannels(), x)
+        assert shrunk.conv.out_channels == 4 and shrunk.head.in_channels == 6
+    else:
+        model = PadChannels()
+        plan = graphprune.plan(model, 0.5, example_inputs=x)
+        shrunk = graphprune.apply(model, plan)
+        assert not any(g.removed for g in plan.groups) and shrunk.conv.out_channels == 8
+        assert graphprune.verify(model, plan, shrunk, x) == 0
 
 
 class SelectiveKernel(nn.Module):

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..channels import Block, ChannelMap, LayoutError
 
-__all__ = ["input_arg", "arg", "arg_path", "op_name", "pass_through", "join_rows", "join_tensor_arg", "project", "project_axes", "fix_untracked",
+__all__ = ["input_arg", "arg", "arg_path", "op_name", "pass_through", "join_rows", "join_tensor_arg", "project", "project_axes", "keep_whole", "fix_untracked",
            "fix_untracked_dims", "last_dim_atoms", "join_along", "conv_input", "pointwise"]
 
 
@@ -127,6 +127,23 @@ def project(ctx, block: Block, keep) -> Block | None:
         return None
     dims, atoms = project_axes(ctx, block.dims, block.atoms, keep)
     return block if dims == block.dims else Block(dims, atoms)
+
+
+def keep_whole(ctx, cmap: ChannelMap, dims, reason: str) -> ChannelMap:
+    """``cmap`` with ``dims`` kept at full size: an op that mixes or moves the entries along them (a reduction,
+    an interpolation, a gather by an index table) sees what it saw before pruning. A block inside ``dims`` is
+    pinned; a block that also spans other dims loses whole slices across ``dims`` instead (:func:`project`).
+    The blocks left keep their dims."""
+    dims = set(dims)
+    blocks = []
+    for block in cmap.blocks:
+        if set(block.dims) <= dims:
+            ctx.pin(block.atoms, reason)
+        elif set(block.dims) & dims:
+            blocks.append(project(ctx, block, set(block.dims) - dims))
+        else:
+            blocks.append(block)
+    return ChannelMap(tuple(blocks))
 
 
 def fix_untracked(ctx, blocks: list[tuple[int, tuple, np.ndarray]],

@@ -6,7 +6,7 @@ parameters through ``get_attr`` nodes, as a model written with ``F.conv2d`` over
 does. So every ATen op here is served by the rule that already handles its twin: the table below
 names the twin, and the rule reads its arguments by name through the op's schema
 (:func:`._common.arg`). Only the ops with no torch-level twin have rules of their own:
-``aten.slice`` and ``aten.select``, which a traced graph spells as indexing (``x[:, 16:]``). ``operator.getitem`` picks the outputs of multi-output ops (``split``,
+``aten.slice``, ``aten.select`` and ``aten.index``, which a traced graph spells as indexing (``x[:, 16:]``). ``operator.getitem`` picks the outputs of multi-output ops (``split``,
 ``unbind``) as in a traced graph, under its own rule.
 
 >>> import torch
@@ -57,6 +57,7 @@ TWINS: dict[object, object] = {
     # element-wise, several tensors
     **{getattr(aten, name): name for name in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum",
                                               "minimum", "addcmul", "roll", "copy_")},
+    aten.rsub: "sub",  # 1 - x
     aten.pad: F.pad, aten.constant_pad_nd: F.pad, aten.prelu: F.prelu, aten.glu: F.glu,
     # channels to space and back, channel shuffles
     aten.pixel_shuffle: F.pixel_shuffle, aten.pixel_unshuffle: F.pixel_unshuffle, aten.im2col: F.unfold,
@@ -67,9 +68,13 @@ TWINS: dict[object, object] = {
     aten.adaptive_avg_pool1d: F.adaptive_avg_pool1d, aten.adaptive_avg_pool2d: F.adaptive_avg_pool2d,
     aten.adaptive_avg_pool3d: F.adaptive_avg_pool3d,
     aten.upsample_nearest2d: F.interpolate, aten.upsample_bilinear2d: F.interpolate,
-    aten.upsample_nearest1d: F.interpolate, aten.upsample_nearest3d: F.interpolate,
+    **{getattr(aten, name): F.interpolate for name in (
+        "upsample_nearest1d", "upsample_nearest3d", "upsample_linear1d", "upsample_bicubic2d", "upsample_trilinear3d",
+        "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d",
+        "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa")},
     # reductions
-    aten.mean: "mean", aten.sum: "sum", aten.amax: "amax", aten.amin: "amin",
+    aten.mean: "mean", aten.sum: "sum", aten.amax: "amax", aten.amin: "amin", aten.var: "var", aten.std: "std",
+    aten.var_mean: torch.var_mean, aten.std_mean: torch.std_mean, aten.max: "max", aten.min: "min",
     aten.linalg_vector_norm: torch.linalg.vector_norm, aten.norm: "norm",
     # contractions and attention
     aten.matmul: "matmul", aten.bmm: "bmm", aten.einsum: torch.einsum,
@@ -81,7 +86,8 @@ TWINS: dict[object, object] = {
     aten.unflatten: "unflatten", aten.permute: "permute", aten.transpose: "transpose", aten.unsqueeze: "unsqueeze",
     aten.squeeze: "squeeze", aten.cat: torch.cat, aten.stack: torch.stack, aten.split: "split",
     aten.split_with_sizes: "split", aten.chunk: "chunk", aten.unbind: "unbind", aten.tensor_split: "tensor_split",
-    aten.repeat_interleave: "repeat_interleave", aten.sym_size: "size",
+    aten.repeat_interleave: "repeat_interleave", aten.repeat: "repeat", aten.tile: "tile", aten.unfold: "unfold", aten.sym_size: "size",
+    aten.index_select: "index_select",
     **{getattr(aten, name): name for name in ("new_full", "new_zeros", "new_ones", "new_empty")},
 }
 
@@ -132,12 +138,21 @@ def slice_dim(ctx, node):
 
 @RULES.function(aten.select.int)
 def select(ctx, node):
-    """``aten.select(x, dim, index)``, a traced ``x[:, i]``: the dim goes; indexing a channel dim is refused."""
+    """``aten.select(x, dim, index)``, a traced ``x[:, i]``: the dim goes (see :func:`shapes.index_channels`)."""
     x = input_arg(node)
+    dim = int(arg(node, 1, "dim")) % len(ctx.shape(x))
+    return _index(ctx, node, x, [slice(None)] * dim + [int(arg(node, 2, "index"))])
+
+
+@RULES.function(aten.index.Tensor)
+def index(ctx, node):
+    """``aten.index(x, [None, idx])``, a traced ``x[:, idx]``: positions gathered by index tensors."""
+    x = input_arg(node)
+    indices = node.args[1] if len(node.args) > 1 else node.kwargs["indices"]  # "indices" names `self` elsewhere
+    return _index(ctx, node, x, [slice(None) if i is None else i for i in indices])
+
+
+def _index(ctx, node, x, items: list):
     shape = ctx.shape(x)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
-    dim = int(arg(node, 1, "dim")) % len(shape)
-    if dim in cmap.dims:
-        raise LayoutError(f"indexing channel dim {dim} with an int")
-    return ChannelMap(tuple(Block(tuple(d - (d > dim) for d in b.dims), b.atoms) for b in cmap.blocks))
-
+    return shapes.index_channels(ctx, cmap, shape, items, [None] * len(items), ctx.shape(node))

@@ -67,22 +67,34 @@ def contract(ctx, operands: list[tuple[Any, list[str]]], out_letters: list[str])
             if other != k and any(sizes.get(letter, 1) > 1 and sizes[letter] == atoms.shape[i] for i, letter in enumerate(letters)):
                 ctx.pin(atoms, "contraction with an operand whose matching dim has no channels")
 
-    result: dict[frozenset, tuple[tuple[str, ...], np.ndarray]] = {}
+    # Output blocks that share letters (k's heads x head_dim and v's heads x head_dim in kᵀv, both on the heads
+    # letter) become one block over all their letters: each entry must be one channel, so the blocks' atoms are
+    # joined wherever they meet, which leaves each head one channel, removed whole.
+    merged: list[tuple[tuple[str, ...], np.ndarray]] = []
     for _, letters, atoms in blocks:
         out, projected = project_axes(ctx, letters, atoms, set(out_letters))
         if not out:
             continue  # fully summed over: joined with its partner above, nothing flows on
-        key = frozenset(out)
-        if any(key <= seen for seen in result):
-            continue  # already carried by a block that was joined with this one
-        if any(key & seen for seen in result):
-            bigger = [seen for seen in result if seen <= key]
-            if len(bigger) != sum(1 for seen in result if key & seen):
-                raise LayoutError("a contraction whose output channels come from differently shaped blocks")
-            for seen in bigger:
-                del result[seen]
-        result[key] = (out, projected)
-    return ChannelMap(tuple(Block(tuple(out_letters.index(letter) for letter in out), atoms) for out, atoms in result.values()))
+        meeting = [entry for entry in merged if set(entry[0]) & set(out)]
+        merged = [entry for entry in merged if not set(entry[0]) & set(out)]
+        merged.append(_merge(ctx, meeting + [(out, projected)], out_letters))
+    return ChannelMap(tuple(Block(tuple(out_letters.index(letter) for letter in out), atoms) for out, atoms in merged))
+
+
+def _merge(ctx, entries: list[tuple[tuple[str, ...], np.ndarray]], out_letters: list[str]) -> tuple[tuple[str, ...], np.ndarray]:
+    """One block over the union of the entries' letters, every entry's atoms joined with it where they meet."""
+    if len(entries) == 1:
+        return entries[0]
+    letters = tuple(letter for letter in out_letters if any(letter in out for out, _ in entries))
+    sizes = {letter: atoms.shape[out.index(letter)] for out, atoms in entries for letter in out}
+    fields = []
+    for out, atoms in entries:
+        ordered = np.transpose(atoms, [out.index(letter) for letter in letters if letter in out])
+        shape = [sizes[letter] if letter in out else 1 for letter in letters]
+        fields.append(np.broadcast_to(ordered.reshape(shape), [sizes[letter] for letter in letters]))
+    for field in fields[1:]:
+        ctx.join(fields[0], field)
+    return letters, np.ascontiguousarray(fields[0])
 
 
 def _matmul_letters(ndim_a: int, ndim_b: int) -> tuple[list[str], list[str], list[str]]:
@@ -139,18 +151,22 @@ def scaled_dot_product_attention(ctx, node):
     q, k, v = (arg(node, i, name) for i, name in enumerate(("query", "key", "value")))
     if arg(node, 7, "enable_gqa", False):
         raise LayoutError("scaled_dot_product_attention with grouped-query attention")
-    mask = arg(node, 3, "attn_mask")
-    if mask is not None and ctx.channels(mask):
-        raise LayoutError("an attention mask that carries channels")
     nd = len(ctx.shape(q))
     batch = [f"batch{i}" for i in range(nd - 2)]
+    operands = []
+    mask = arg(node, 3, "attn_mask")
+    if mask is not None and ctx.channels(mask):
+        # A bias per head (BEiT's relative positions) broadcasts against the logits, right-aligned: its heads meet
+        # q's and k's.
+        operands.append((mask, (batch + ["l", "s"])[-len(ctx.shape(mask)):]))
     if arg(node, 6, "scale") is None:
         for x in (q, k):
             cmap = (ctx.channels(x) or ChannelMap()).normalized(nd)
             block = cmap.block_at(nd - 1)
             if block is not None and block.dims == (nd - 1,):
                 ctx.pin(block.atoms, "scaled_dot_product_attention's default scale reads head_dim")
-    return contract(ctx, [(q, batch + ["l", "e"]), (k, batch + ["s", "e"]), (v, batch + ["s", "ev"])], batch + ["l", "ev"])
+    operands = [(q, batch + ["l", "e"]), (k, batch + ["s", "e"]), (v, batch + ["s", "ev"])] + operands
+    return contract(ctx, operands, batch + ["l", "ev"])
 
 
 @RULES.module(nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)

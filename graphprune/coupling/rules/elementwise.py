@@ -16,7 +16,7 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
-from ._common import arg, input_arg, join_tensor_arg, pass_through, project
+from ._common import arg, input_arg, join_along, join_tensor_arg, keep_whole, pass_through, project
 from .shapes import DerivedSize, SizeOf
 
 __all__ = ["RULES", "broadcast_join"]
@@ -90,13 +90,15 @@ for _spatial, _modules, _functions in (
 @RULES.module(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 @RULES.function(F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear)
 def interpolate(ctx, node):
-    """Resamples the spatial dims (all but the first two): channels on the batch or channel dim pass through."""
+    """Resamples the spatial dims (all but the first two): channels on the batch or channel dim pass through.
+
+    Resampling mixes neighbouring entries, so channels on a resampled dim (a learned position table interpolated to
+    the input's grid) stay whole.
+    """
     x = input_arg(node)
     shape = ctx.shape(x)
-    cmap = ctx.channels(x)
-    if cmap and shape is not None and any(d >= 2 for d in cmap.normalized(len(shape)).dims):
-        raise LayoutError("interpolation over a dim that carries channels would mix them")
-    return pass_through(ctx, node)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    return keep_whole(ctx, cmap, range(2, len(shape)), "resampled by an interpolation")
 
 
 _PAD_MODULES = (
@@ -111,10 +113,66 @@ _PAD_MODULES = (
 def pad(ctx, node):
     """Pads (or crops) trailing dims, each channel on its own: channels on dims it leaves the same size pass through.
 
-    Padding a dim that carries channels would add channels of its own, so it is refused. What the padding puts
-    around a removed channel never reaches a kept one: the consumers' slices for it go too.
+    What the padding puts around a removed channel never reaches a kept one: the consumers' slices for it go too.
+    Padding a channel dim itself (EfficientViT pads each head's values with a column of ones) adds entries the
+    pruned tensor gets too, by the same literal amounts: on a dim of its own they are new channels that are kept
+    (pinned); on one axis of a multi-dim block every row along it becomes one channel, padded as a whole. Any mode
+    but a constant reads neighbouring entries, so the channels there are kept as well; a crop keeps them whole.
     """
-    return pass_through(ctx, node)
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    if node.op == "call_module":
+        module = ctx.module(node)
+        amounts, mode = module.padding, "constant" if isinstance(module, _CONSTANT_PADS) else "other"
+        amounts = amounts if isinstance(amounts, (tuple, list)) else [amounts] * (2 * (len(shape) - 2))
+    else:
+        amounts, mode = arg(node, 1, "pad"), arg(node, 2, "mode", "constant")
+    amounts = list(amounts)
+    widths = {len(shape) - 1 - k: (amounts[2 * k], amounts[2 * k + 1]) for k in range(len(amounts) // 2)}
+    blocks = []
+    for block in cmap.blocks:
+        for d in [d for d in block.dims if widths.get(d, (0, 0)) != (0, 0)]:
+            width = _fixed_widths(ctx, widths[d], ctx.shape(node)[d] - shape[d], d)
+            block = _pad_block(ctx, block, d, width, mode in ("constant", None))
+        blocks.append(block)
+    return ChannelMap(tuple(blocks))
+
+
+def _fixed_widths(ctx, width: tuple, grown: int, dim: int) -> tuple[int, int]:
+    """A channel dim's padding before and after it, as ints. An amount computed at run time (``W - 1``) keeps its
+    value, which the shapes give: the sizes it is computed from are spatial, or channel counts that are then kept."""
+    for w in width:
+        marker = ctx.channels(w) if isinstance(w, torch.fx.Node) else None
+        if isinstance(marker, (SizeOf, DerivedSize)):
+            ctx.pin(marker.atoms, "a padding computed from a channel count")
+    before, after = width
+    if not isinstance(before, int) and not isinstance(after, int):
+        raise LayoutError(f"padding channel dim {dim} by amounts computed at run time on both sides")
+    before = grown - after if not isinstance(before, int) else before
+    after = grown - before if not isinstance(after, int) else after
+    return before, after
+
+
+_CONSTANT_PADS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
+
+
+def _pad_block(ctx, block: Block, dim: int, width: tuple, constant: bool) -> Block:
+    before, after = width
+    axis = block.dims.index(dim)
+    size = block.atoms.shape[axis]
+    if len(block.dims) > 1:
+        join_along(ctx, block.atoms, axis)
+        kept = np.take(block.atoms, np.arange(max(0, -before), size - max(0, -after)), axis=axis)
+        grown = np.pad(kept, [(0, 0) if a != axis else (max(0, before), max(0, after)) for a in range(kept.ndim)], mode="edge")
+        return Block(block.dims, grown)
+    if min(before, after) < 0 or not constant:
+        ctx.pin(block.atoms, "a channel dim cropped, or padded from its neighbours")
+    kept = block.atoms[max(0, -before):size - max(0, -after)]
+    grow = max(0, before) + max(0, after)
+    new = ctx.new_channels(grow) if grow else np.empty(0, dtype=np.int64)
+    ctx.pin(new, "entries a padding adds to a channel dim")
+    return Block(block.dims, np.concatenate([new[:max(0, before)], kept, new[max(0, before):]]))
 
 
 def broadcast_join(ctx, node, operands) -> ChannelMap | None:
@@ -157,11 +215,18 @@ def broadcast_join(ctx, node, operands) -> ChannelMap | None:
             if key in result:
                 other = result[key]
                 atoms = np.transpose(block.atoms, [block.dims.index(d) for d in other.dims])
-                if atoms.shape != other.atoms.shape:
+                if atoms.shape == other.atoms.shape:
+                    ctx.join(other.atoms, atoms)
+                elif len(key) > 1 and _broadcasts(atoms.shape, other.atoms.shape):
+                    # heads x 1 against heads x head_dim (EfficientViT divides by its padded column): each head's
+                    # one entry meets all of the other's, so the head goes whole.
+                    shape = np.broadcast_shapes(atoms.shape, other.atoms.shape)
+                    ctx.join(np.broadcast_to(other.atoms, shape), np.broadcast_to(atoms, shape))
+                    if shape != other.atoms.shape:
+                        result[key] = Block(other.dims, np.ascontiguousarray(np.broadcast_to(other.atoms, shape)))
+                else:
                     ctx.pin(atoms, "broadcast of a single channel")
                     ctx.pin(other.atoms, "broadcast of a single channel")
-                else:
-                    ctx.join(other.atoms, atoms)
                 continue
             result[key] = block
     fixed: set[frozenset] = set()
@@ -176,6 +241,11 @@ def broadcast_join(ctx, node, operands) -> ChannelMap | None:
     # Pinned channels never go, so the output need not carry them: later ops see a plain dim
     # (a positional embedding's token dim added to the tokens is not a channel dim downstream).
     return ChannelMap(tuple(block for key, block in result.items() if key not in fixed))
+
+
+def _broadcasts(a: tuple, b: tuple) -> bool:
+    """Whether two atom grids of equal rank broadcast against each other (each axis equal or 1 on one side)."""
+    return len(a) == len(b) and all(x == y or 1 in (x, y) for x, y in zip(a, b))
 
 
 def _nested(block: Block, others: list[Block], all_keys: list[frozenset]) -> tuple[Block | None, Block | None]:

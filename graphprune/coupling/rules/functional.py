@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..channels import Block, ChannelMap, LayoutError
 from ..context import Role
 from ..registry import Registry
-from ._common import arg, arg_path, conv_input, input_arg, pointwise
+from ._common import arg, arg_path, conv_input, input_arg, op_name, pointwise
 
 __all__ = ["RULES"]
 
@@ -44,8 +44,13 @@ RULES = Registry()
 
 
 def _claim(ctx, value: Any, dim: int, atoms: np.ndarray | None, role: str) -> None:
-    """Refine the use of a parameter reached through get_attr: ``dim`` of it plays ``role``."""
-    if atoms is None or not (isinstance(value, torch.fx.Node) and value.op == "get_attr"):
+    """Refine the use of a parameter reached through get_attr: ``dim`` of it plays ``role``. A weight computed
+    from a parameter may produce its output channels too (see :meth:`RuleContext.claim_computed`)."""
+    if atoms is None or not isinstance(value, torch.fx.Node):
+        return
+    if value.op != "get_attr":
+        if role == Role.PRODUCER:
+            ctx.claim_computed(atoms, role)
         return
     owner, _, attr = value.target.rpartition(".")
     ctx.use_tensor(owner, attr, dim, atoms, role)
@@ -211,7 +216,19 @@ def batch_norm(ctx, node):
     """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)``: per-channel tensors on dim 1."""
     x = input_arg(node)
     cmap = _tensor_map(ctx, x)
-    atoms = _only(cmap, 1, "the normalised input")
+    atoms = cmap.at(1)
+    # Per-channel affine on dim 1; the statistics run over the other dims (all but dim 1 with batch statistics,
+    # the spatial ones for an instance norm). Channels there (a weight standardised per filter over its input
+    # channels, viewed as 1 x O x I*k*k) change the statistics when they go: reported, as a LayerNorm's are.
+    if op_name(node) == "instance_norm":
+        statistics = arg(node, 5, "use_input_stats", True)
+        reduced = set(range(2, len(ctx.shape(x))))
+    else:
+        statistics = arg(node, 5, "training", False) or arg(node, 1, "running_mean") is None
+        reduced = set(range(len(ctx.shape(x)))) - {1}
+    for block in cmap.blocks:
+        if 1 not in block.dims and statistics and set(block.dims) & reduced:
+            ctx.mark_inexact(block.atoms, "batch statistics computed over channels")
     # F.batch_norm and F.instance_norm take these in the same places.
     slots = ((1, "running_mean", Role.BUFFER), (2, "running_var", Role.BUFFER), (3, "weight", Role.NORM), (4, "bias", Role.BIAS))
     for index, name, role in slots:

@@ -19,13 +19,14 @@ sizes as graph constants, which are rewritten.
 
 from __future__ import annotations
 
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..context import Role
 from ..registry import Registry
-from ._common import arg, arg_path, input_arg, join_rows, join_tensor_arg, op_name
+from ._common import arg, arg_path, input_arg, join_rows, join_tensor_arg, keep_whole, op_name
 
 __all__ = ["RULES"]
 
@@ -38,6 +39,21 @@ def _normalised_dims(ndim: int, count: int) -> range:
     return range(ndim - count, ndim)
 
 
+def _per_head(ctx, cmap: ChannelMap, dims: range, tensors: list) -> ChannelMap:
+    """A norm over one axis of a multi-dim block (a q/k norm over each head's head_dim, with one weight for every
+    head): that axis stays whole, so each head keeps its statistics and whole heads go, exactly; the weight and
+    bias, shared by the heads, keep all their entries."""
+    shared = [b for b in cmap.blocks if len(b.dims) > 1 and set(b.dims) & set(dims) and not set(b.dims) <= set(dims)]
+    if not shared:
+        return cmap
+    for value in tensors:
+        held = ctx.channels(value) if isinstance(value, torch.fx.Node) else None
+        if held:
+            ctx.pin(held.all_atoms(), "a norm's parameters shared by every head")
+    kept = keep_whole(ctx, ChannelMap(tuple(shared)), dims, "normalised within each head")
+    return ChannelMap(tuple(b for b in cmap.blocks if b not in shared) + kept.blocks)
+
+
 @RULES.module(nn.LayerNorm, nn.RMSNorm)
 def layer_norm(ctx, node):
     """Normalises the last ``len(normalized_shape)`` dims; their channels slice weight and bias, approximately."""
@@ -45,6 +61,8 @@ def layer_norm(ctx, node):
     x = input_arg(node)
     ndim = len(ctx.shape(x))
     cmap = (ctx.channels(x) or ChannelMap()).normalized(ndim)
+    # Its weight and bias are the module's own: left out of every group, they keep all their entries.
+    cmap = _per_head(ctx, cmap, _normalised_dims(ndim, len(m.normalized_shape)), [])
     affine = m.weight is not None or getattr(m, "bias", None) is not None  # RMSNorm has a weight only
     for j, d in enumerate(_normalised_dims(ndim, len(m.normalized_shape))):
         atoms = cmap.at(d)
@@ -85,6 +103,7 @@ def functional_layer_norm(ctx, node):
         raise LayoutError("layer_norm's normalized_shape is computed at run time, so its rank is unknown")
     rms = op_name(node) == "rms_norm"  # whose fourth argument is eps, not a bias
     weight, bias = arg(node, 2, "weight"), None if rms else arg(node, 3, "bias")
+    cmap = _per_head(ctx, cmap, _normalised_dims(ndim, len(sizes)), [weight, bias])
     for j, d in enumerate(_normalised_dims(ndim, len(sizes))):
         atoms = cmap.at(d)
         if atoms is None:

@@ -10,11 +10,13 @@ loses whole slices across the reduced dims instead, which leaves every kept valu
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 
 from ..channels import Block, ChannelMap
 from ..registry import Registry
-from ._common import arg, input_arg, project
+from ._common import arg, input_arg, keep_whole
+from .elementwise import broadcast_join
 
 __all__ = ["RULES"]
 
@@ -35,27 +37,48 @@ def norm(ctx, node):
     return _reduce(ctx, node, arg(node, 2, "dim"), bool(arg(node, 3, "keepdim", False)))
 
 
+@RULES.function(torch.var, torch.std)
+@RULES.method("var", "std")
+def variance(ctx, node):
+    """``torch.var(x, dim, keepdim=...)`` and ``std``: a reduction over ``dim`` (timm's ``simple_norm``)."""
+    return _reduce(ctx, node, arg(node, 1, "dim"), bool(arg(node, 3, "keepdim", False)))
+
+
+@RULES.function(torch.var_mean, torch.std_mean)
+def variance_and_mean(ctx, node):
+    """``torch.var_mean``: two reductions over the same dims."""
+    out = variance(ctx, node)
+    return (out, out)
+
+
+@RULES.function(torch.max, torch.min)
+@RULES.method("max", "min")
+def max_min(ctx, node):
+    """``x.max(dim)`` gives (values, indices), both reduced over ``dim``; ``x.max()`` reduces every dim; ``torch.max(x,
+    y)`` is the element-wise maximum."""
+    other = arg(node, 1, "other")
+    if isinstance(other, torch.fx.Node) and ctx.shape(other) is not None:
+        return broadcast_join(ctx, node, [input_arg(node), other])
+    dim = arg(node, 1, "dim")
+    out = _reduce(ctx, node, dim, bool(arg(node, 2, "keepdim", False)))
+    return out if dim is None else (out, out)
+
+
 def _reduce(ctx, node, dims, keepdim: bool) -> ChannelMap:
     x = input_arg(node)
     shape = ctx.shape(x)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
     ndim = len(shape)
-    if dims is None or dims == []:
+    if dims is None or dims == [] or isinstance(dims, bool):  # torch.var(x, unbiased): every dim
         reduced = set(range(ndim))
     else:
         reduced = {int(d) % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])}
-    blocks = []
-    for block in cmap.blocks:
-        if set(block.dims) <= reduced:
-            ctx.pin(block.atoms, "reduction over a channel dim")
-            continue
-        if set(block.dims) & reduced:
-            # Part of a multi-dim block (stacked radix x C branches summed over radix): slices across the
-            # reduced dims go whole, so every kept output keeps all its terms.
-            block = project(ctx, block, set(block.dims) - reduced)
-        dims_out = block.dims if keepdim else tuple(d - sum(r < d for r in reduced) for d in block.dims)
-        blocks.append(Block(dims_out, block.atoms))
-    return ChannelMap(tuple(blocks))
+    # Part of a multi-dim block (stacked radix x C branches summed over radix): slices across the reduced dims
+    # go whole, so every kept output keeps all its terms.
+    kept = keep_whole(ctx, cmap, reduced, "reduction over a channel dim")
+    if keepdim:
+        return kept
+    return ChannelMap(tuple(Block(tuple(d - sum(r < d for r in reduced) for d in b.dims), b.atoms) for b in kept.blocks))
 
 
 @RULES.function(F.normalize)

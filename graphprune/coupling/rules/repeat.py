@@ -1,4 +1,4 @@
-"""Rules for ops that repeat or cut a dim: ``repeat_interleave`` and ``tensor_split``.
+"""Rules for ops that repeat or cut a dim: ``repeat_interleave``, ``repeat``, ``unfold`` and ``tensor_split``.
 
 ``repeat_interleave(x, r, dim)`` holds each index of ``dim`` r times in a row, so a channel
 dim's atoms are repeated the same way (as ``flatten`` repeats a channel over its pixels):
@@ -26,8 +26,8 @@ import torch.fx
 
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
-from ._common import arg, input_arg
-from .shapes import SizeOf
+from ._common import arg, input_arg, keep_whole
+from .shapes import DerivedSize, SizeOf
 
 __all__ = ["RULES"]
 
@@ -69,6 +69,45 @@ def repeat_interleave(ctx, node):
     if rest:
         raise LayoutError(f"repeat_interleave turns {in_shape[dim]} entries into {out_shape[dim]}, not a multiple")
     return cmap.without(dim).with_block(Block((dim,), np.repeat(block.atoms, count)))
+
+
+@RULES.method("repeat", "tile")
+@RULES.function(torch.tile)
+def repeat(ctx, node):
+    """``x.repeat(b, 1, 1, 1)`` and ``x.tile(reps)`` tile each dim: a channel dim repeated r times holds its atoms
+    r times over (removing a channel removes each copy); new leading dims carry none.
+
+    A count computed at run time keeps its value, which the shapes give: the sizes it is computed from are spatial,
+    or channel counts that are then kept (SAM2 tiles a window table by H // window)."""
+    x = input_arg(node)
+    shape, out_shape = ctx.shape(x), ctx.shape(node)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    rest = node.args[1:]
+    reps = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(rest)
+    reps = reps or list(node.kwargs.get("repeats", node.kwargs.get("dims", ())))
+    reps = [1] * (len(shape) - len(reps)) + reps  # tile's short reps count from the last dim
+    offset = len(reps) - len(shape)
+    blocks = []
+    for block in cmap.blocks:
+        counts = []
+        for d in block.dims:
+            marker = ctx.channels(reps[d + offset]) if isinstance(reps[d + offset], torch.fx.Node) else None
+            if isinstance(marker, (SizeOf, DerivedSize)):  # SAM2 tiles by H // window: that window size stays
+                ctx.pin(marker.atoms, "a repeat count computed from a channel count")
+            counts.append(out_shape[d + offset] // shape[d])
+        blocks.append(Block(tuple(d + offset for d in block.dims), np.tile(block.atoms, counts)))
+    return ChannelMap(tuple(blocks))
+
+
+@RULES.method("unfold")
+def unfold(ctx, node):
+    """``x.unfold(dim, size, step)``: windows along ``dim`` (halo attention's blocks). The windows overlap, so
+    channels on ``dim`` stay whole; the other dims keep theirs, and the new trailing window dim carries none."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    dim = int(arg(node, 1, "dimension")) % len(shape)
+    return keep_whole(ctx, cmap, {dim}, "a dim cut into overlapping windows")
 
 
 @RULES.function(torch.tensor_split)

@@ -13,9 +13,9 @@ from torch import nn
 
 from ..channels import Block, ChannelMap, LayoutError, reshape_channels, reshape_groups
 from ..registry import Registry
-from ._common import arg, arg_path, fix_untracked_dims, input_arg, join_along, op_name, pass_through, project
+from ._common import arg, arg_path, fix_untracked_dims, input_arg, join_along, keep_whole, op_name, pass_through, project
 
-__all__ = ["RULES", "slice_block"]
+__all__ = ["RULES", "index_channels", "slice_block"]
 
 RULES = Registry()
 
@@ -181,10 +181,10 @@ def _expand_index(index, ndim: int) -> list[tuple[object, int | None]]:
 
 @RULES.function(operator.getitem)
 def getitem(ctx, node):
-    """Picks an element of a tuple, or indexes a tensor with ints, slices and None.
+    """Picks an element of a tuple, or indexes a tensor with ints, slices, None and index tensors.
 
-    Slicing a channel dim (``x[:, 16:64]``) keeps those channels' atoms and rewrites the
-    bounds to counts of kept channels. Indexing a channel dim with an int or a tensor is refused.
+    Slicing a channel dim (``x[:, 16:64]``) keeps those channels' atoms and rewrites the bounds to counts of
+    kept channels. An int or an index tensor on a channel dim is handled by :func:`index_channels`.
     """
     x, index = node.args
     value = ctx.channels(x)
@@ -198,34 +198,128 @@ def getitem(ctx, node):
     cmap = (value or ChannelMap()).normalized(len(in_shape))
     if not cmap:
         return ChannelMap()
-    if isinstance(index, torch.fx.Node):
-        return _gather_rows(ctx, cmap, index)
-    old_to_new: dict[int, int] = {}
-    sliced: dict[int, tuple[int, slice]] = {}  # channel dim -> (position in the index, slice)
-    d_in = d_out = 0
-    for position, item in _expand_index(index, len(in_shape)):
+    items = _expand_index(index if isinstance(index, tuple) else (index,), len(in_shape))
+    # A bound's place in the node's args: (1, position) in a tuple index, (1,) for a lone slice.
+    paths = [None if position is None else ((1, position) if isinstance(index, tuple) else (1,)) for position, _ in items]
+    return index_channels(ctx, cmap, in_shape, [item for _, item in items], paths, ctx.shape(node))
+
+
+def _expand_index(index: tuple, ndim: int) -> list[tuple[int | None, object]]:
+    """Each index item with its position in the user's index (None for the ``:`` an Ellipsis or a short index
+    stands for). A boolean mask consumes as many dims as it has."""
+    def consumed(item):
         if item is None:
-            d_out += 1
+            return 0
+        if isinstance(item, torch.fx.Node) and _is_mask(item):
+            return len(item.meta["tensor_meta"].shape)
+        return 1
+
+    items = list(enumerate(index))
+    if any(i is Ellipsis for _, i in items):
+        at = next(k for k, (_, i) in enumerate(items) if i is Ellipsis)
+        used = sum(consumed(i) for _, i in items if i is not Ellipsis)
+        items = items[:at] + [(None, slice(None))] * (ndim - used) + items[at + 1:]
+    used = sum(consumed(i) for _, i in items)
+    return items + [(None, slice(None))] * (ndim - used)
+
+
+def _is_mask(item: torch.fx.Node) -> bool:
+    meta = item.meta.get("tensor_meta")
+    return meta is not None and meta.dtype == torch.bool
+
+
+def index_channels(ctx, cmap: ChannelMap, in_shape, items: list, paths: list, out_shape) -> ChannelMap:
+    """Channels through ``x[items]``: one item per indexed dim (an int, a slice, None for a new axis, or an
+    index tensor), with where the node holds each slice's bounds (``paths``, for the shape edits).
+
+    Follows PyTorch's order: ints select first, then index tensors gather; adjacent index tensors put their
+    dims in their place, scattered ones put them in front.
+
+    - A slice of a channel dim keeps the atoms in range (:func:`slice_block`).
+    - An int on one axis of a multi-dim block (``qkv[0]`` of a ``3 x heads x head_dim`` block) keeps that axis
+      whole and takes its row; on a channel dim of its own it names one channel, which is pinned with every
+      channel before it so the int stays right.
+    - An index tensor on a channel dim (a relative-position table ``biases[:, idx]``) holds positions as data,
+      which cannot be renumbered: that dim keeps all its entries (pinned, or joined into whole rows of a
+      multi-dim block) and the gathered dims carry no channels.
+    """
+    slots: list[tuple[str, int | None]] = []  # output slots in order: ("dim", input dim), ("new", None), ("adv", None)
+    selected: dict[int, int] = {}
+    sliced: dict[int, tuple[slice, tuple]] = {}
+    gathered: set[int] = set()
+    d_in = 0
+    for item, path in zip(items, paths):
+        if item is None:
+            slots.append(("new", None))
+        elif isinstance(item, bool):
+            raise LayoutError("indexing with a Python bool")
         elif isinstance(item, int):
-            if d_in in cmap.dims:
-                raise LayoutError(f"indexing channel dim {d_in} with an int")
+            selected[d_in] = item
             d_in += 1
         elif isinstance(item, slice):
-            if d_in in cmap.dims and item != slice(None):
-                sliced[d_in] = (position, item)
-            old_to_new[d_in] = d_out
+            if item != slice(None):
+                sliced[d_in] = (item, path)
+            slots.append(("dim", d_in))
             d_in += 1
-            d_out += 1
+        elif isinstance(item, torch.fx.Node):
+            if ctx.channels(item):
+                raise LayoutError("indexing with a tensor that itself carries channels")
+            if ctx.shape(item) is None:
+                raise LayoutError("indexing with a value that is not a tensor")
+            width = len(ctx.shape(item)) if _is_mask(item) else 1
+            gathered.update(range(d_in, d_in + width))
+            d_in += width
+            slots.append(("adv", None))
         else:
-            raise LayoutError(f"advanced indexing with {type(item).__name__} of a tensor that carries channels")
+            raise LayoutError(f"indexing with {type(item).__name__}")
+    slots.extend(("dim", d) for d in range(d_in, len(in_shape)))  # the dims a short index leaves whole
+    adv = [k for k, (kind, _) in enumerate(slots) if kind == "adv"]
+    if adv:
+        together = adv == list(range(adv[0], adv[0] + len(adv)))
+        basic = [s for s in slots if s[0] != "adv"]
+        at = adv[0] if together else 0
+        n_adv = len(out_shape) - len(basic)
+        slots = basic[:at] + [("adv", None)] * n_adv + basic[at:]
+    old_to_new = {d: k for k, (kind, d) in enumerate(slots) if kind == "dim"}
     blocks = []
     for b in cmap.blocks:
         for d in [d for d in b.dims if d in sliced]:
-            position, item = sliced[d]
-            at = (1, position) if isinstance(index, tuple) else (1,)
-            b = slice_block(ctx, b, in_shape[d], item, {"start": at + ("start",), "stop": at + ("stop",)}, d)
-        blocks.append(Block(tuple(old_to_new[d] for d in b.dims), b.atoms))
-    return ChannelMap(tuple(blocks))
+            item, path = sliced[d]
+            b = slice_block(ctx, b, in_shape[d], item, {"start": path + ("start",), "stop": path + ("stop",)}, d)
+        for d in [d for d in b.dims if d in selected]:
+            b = _select(ctx, b, d, selected[d], in_shape[d])
+            if b is None:
+                break
+        if b is None:
+            continue
+        blocks.append(b)
+    kept = keep_whole(ctx, ChannelMap(tuple(blocks)), gathered, "positions gathered by an index tensor")
+    return ChannelMap(tuple(Block(tuple(old_to_new[d] for d in b.dims), b.atoms) for b in kept.blocks))
+
+
+def _select(ctx, block: Block, dim: int, index: int, size: int) -> Block | None:
+    """``x[..., i, ...]`` on channel dim ``dim`` of ``block``: the block without that dim, None if nothing is left."""
+    i = index % size
+    if len(block.dims) == 1:
+        # The int names a position: it stays right only if that channel and every one before it stay (after, for
+        # a negative int, which counts from the end).
+        ctx.pin(block.atoms[i:] if index < 0 else block.atoms[:i + 1], "a channel picked by an int")
+        return None
+    axis = block.dims.index(dim)
+    join_along(ctx, block.atoms, axis)
+    return Block(tuple(d for d in block.dims if d != dim), np.take(block.atoms, i, axis=axis))
+
+
+@RULES.function(torch.index_select)
+@RULES.method("index_select")
+def index_select(ctx, node):
+    """``x.index_select(dim, idx)``: ``x[:, idx]`` along ``dim`` (see :func:`index_channels`)."""
+    x = input_arg(node)
+    shape = ctx.shape(x)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
+    dim = int(arg(node, 1, "dim")) % len(shape)
+    items = [slice(None)] * dim + [arg(node, 2, "index")]
+    return index_channels(ctx, cmap, shape, items, [None] * len(items), ctx.shape(node))
 
 
 def slice_block(ctx, block: Block, size: int, item: slice, paths: dict[str, tuple], dim: int | None = None) -> Block:
@@ -237,17 +331,18 @@ def slice_block(ctx, block: Block, size: int, item: slice, paths: dict[str, tupl
     one channel, so the axis keeps its size and only whole rows (heads) can go.
     """
     bounds = (item.start, item.stop)
-    if not isinstance(item.step, (int, type(None))) or any(not isinstance(v, (int, type(None))) or (v is not None and v < 0) for v in bounds):
-        raise LayoutError(f"slicing a channel dim with {item}: only constant, non-negative bounds can be rewritten")
+    if not isinstance(item.step, (int, type(None))) or any(not isinstance(v, (int, type(None))) for v in bounds):
+        raise LayoutError(f"slicing a channel dim with {item}: only constant bounds can be rewritten")
+    if len(block.dims) > 1:  # the axis keeps its size, so any constant bounds stay right (out[..., :-1])
+        axis = block.dims.index(dim)
+        join_along(ctx, block.atoms, axis)
+        return Block(block.dims, np.take(block.atoms, np.arange(*item.indices(size)), axis=axis))
+    if any(v is not None and v < 0 for v in bounds):
+        raise LayoutError(f"slicing a channel dim with {item}: only non-negative bounds can be rewritten")
     start, stop = item.start or 0, size if item.stop is None else min(item.stop, size)
     if item.step not in (None, 1):  # every third entry (YOLO's keypoint visibilities): kept as they are
         ctx.pin(block.atoms, f"a channel dim sliced with step {item.step}")
-        axis = block.dims.index(dim) if dim is not None and len(block.dims) > 1 else 0
-        return Block(block.dims, np.take(block.atoms, np.arange(start, stop, item.step), axis=axis))
-    if len(block.dims) > 1:
-        axis = block.dims.index(dim)
-        join_along(ctx, block.atoms, axis)
-        return Block(block.dims, np.take(block.atoms, np.arange(start, stop), axis=axis))
+        return Block(block.dims, block.atoms[start:stop:item.step])
     for attr, bound in (("start", item.start), ("stop", item.stop)):
         if bound and not (attr == "stop" and bound >= size and bound > 2**31):  # 0, None and "to the end" stay
             prefix = block.atoms[:min(bound, size)]
@@ -293,10 +388,16 @@ def split(ctx, node):
                 raise LayoutError("split sizes computed at run time cannot be rewritten")
             ctx.edit_shape((position, k), value, Block((dim,), piece), 0)
     else:
-        if len(set(sizes)) != 1:
-            raise LayoutError(f"equal pieces of a channel dim of {shape[dim]}, which does not divide evenly: {sizes}")
+        last = sizes[-1]
+        if len(set(sizes[:-1])) != 1 or last > sizes[0]:
+            raise LayoutError(f"pieces of a channel dim of {shape[dim]} that are not equal: {sizes}")
+        # A dim that does not divide evenly ends in a shorter piece (chunk(3) of 88 channels: 30, 30, 28). The
+        # first `last` positions of every piece are joined and the rest kept, so with r positions gone the pieces
+        # are 30 - r, 30 - r and 28 - r: what chunk and split compute from the pruned size.
+        for piece in pieces[:-1]:
+            ctx.pin(piece[last:], "the positions a shorter last piece lacks")
         for piece in pieces[1:]:
-            ctx.join(pieces[0], piece)
+            ctx.join(pieces[0][:last], piece[:last])
         if not chunks:
             if not isinstance(how, int):
                 raise LayoutError("a split size computed at run time cannot be rewritten")
@@ -384,10 +485,33 @@ def _join_same_dims(ctx, maps: list[ChannelMap], shapes) -> ChannelMap:
 
 @RULES.method("expand_as", "view_as", "reshape_as")
 def like(ctx, node):
-    """``x.view_as(y)`` and friends: x takes y's shape; only a pure broadcast passes channels."""
+    """``x.view_as(y)`` and friends: x takes y's shape, read from y at run time.
+
+    ``expand_as`` only broadcasts, so channels pass. ``view_as``/``reshape_as`` view x as y's shape (LeViT's
+    ``bn(x.flatten(0, 1)).reshape_as(x)``): pruned, y's channel dims hold y's kept channels, so the viewed
+    channels must be the same ones there (joined); a dim that carries channels on one side only is kept whole.
+    """
     if op_name(node) == "expand_as":
         return pass_through(ctx, node)
-    raise LayoutError(f"Tensor.{op_name(node)} ties the layout to another tensor")
+    x, y = input_arg(node), arg(node, 1, "other")
+    in_shape, out_shape = ctx.shape(x), ctx.shape(y)
+    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(in_shape))
+    theirs = (ctx.channels(y) or ChannelMap()).normalized(len(out_shape))
+    cmap = _rows_across_groups(ctx, cmap, in_shape, out_shape)
+    out, _, pinned = reshape_channels(cmap, in_shape, out_shape)
+    ctx.pin(pinned, "channel folded into an untracked dim")
+    for block in out.blocks:
+        other = theirs.block_at(block.dims[0])
+        if other is None:
+            ctx.pin(block.atoms, f"viewed as a tensor whose dim {block.dims[0]} has no channels")
+        elif other.dims == block.dims:
+            ctx.join(block.atoms, other.atoms)
+        else:
+            raise LayoutError(f"Tensor.{op_name(node)} meets channel blocks over dims {block.dims} and {other.dims}")
+    for other in theirs.blocks:
+        if out.block_at(other.dims[0]) is None:
+            ctx.pin(other.atoms, "a view sized by a tensor's channels, over dims without channels")
+    return out
 
 
 @RULES.method("expand")
@@ -442,29 +566,6 @@ def unbind(ctx, node):
         ctx.join(slices[0], piece)
     dims = tuple(moved[d] for d in block.dims if d != dim)
     return [rest.with_block(Block(dims, piece)) for piece in slices]
-
-
-def _gather_rows(ctx, cmap: ChannelMap, index: torch.fx.Node) -> ChannelMap:
-    """``table[idx]`` with an index tensor: rows are picked at run time (a relative position table).
-
-    Channels along the gathered dim 0 could not be renumbered in ``idx``, so they are pinned;
-    the other dims move behind the index's dims.
-    """
-    if ctx.channels(index):
-        raise LayoutError("indexing with a tensor that itself carries channels")
-    idx_shape = ctx.shape(index)
-    if idx_shape is None:
-        raise LayoutError("indexing with a value that is not a tensor")
-    offset = len(idx_shape) - 1
-    blocks = []
-    for block in cmap.blocks:
-        if 0 in block.dims:
-            if len(block.dims) != 1:
-                raise LayoutError("gathering along a dim that is part of a multi-dim channel block")
-            ctx.pin(block.atoms, "rows gathered by an index tensor")
-            continue
-        blocks.append(Block(tuple(d + offset for d in block.dims), block.atoms))
-    return ChannelMap(tuple(blocks))
 
 
 @RULES.function(torch.unsqueeze)
