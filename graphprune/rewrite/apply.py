@@ -215,7 +215,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scop
         gm.graph.lint()
         gm.recompile()
     if exported:
-        result: nn.Module = choose_result(target, gm, plan, inputs)
+        result: nn.Module = choose_result(target, gm, plan, inputs, source)
     else:
         result = gm if gm is not None else target
     _check_outputs(result, plan, inputs, diverged=own_forward)

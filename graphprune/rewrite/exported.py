@@ -4,8 +4,9 @@ rewritten exported graph.
 Slicing the user's tensors and resizing their modules gives a copy of the user's class at the new widths. Its
 forward is the user's Python, which may fix a width where the graph only saw a number (``split(y, (64, 64), 1)``,
 an ``int`` attribute that no resizer updates), so it is run against the rewritten exported graph, whose
-constants the plan edited: if they agree, the class is returned; if not, the graph is, with a
-:class:`~graphprune.RewriteWarning` that names the lines whose widths the graph rewrote.
+constants the plan edited: if they agree, the class is returned. If not, the ``int`` attributes that held the
+rewritten widths are given their new values and the class is tried again; if it still disagrees, the graph is
+returned, with a :class:`~graphprune.RewriteWarning` that names the lines whose widths the graph rewrote.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..base.running import call_model, eval_mode
 from ..planning import Plan
 from .difference import relative_difference
 
-__all__ = ["exported_graph_module", "choose_result"]
+__all__ = ["exported_graph_module", "choose_result", "width_attributes"]
 
 AGREE = 1e-5  # float32 round-off between two evaluations of one function in a different order
 
@@ -59,23 +60,25 @@ def _attribute(module: nn.Module, path: str) -> Any:
     return module
 
 
-def choose_result(candidate: nn.Module, graph: torch.fx.GraphModule, plan: Plan, inputs: Any) -> nn.Module:
+def choose_result(candidate: nn.Module, graph: torch.fx.GraphModule, plan: Plan, inputs: Any,
+                  source: torch.fx.GraphModule | None = None) -> nn.Module:
     """``candidate`` (the user's class, resized) if its forward computes what ``graph`` does on random inputs of
-    the plan's shapes, else ``graph``, with a warning saying why and where a width is fixed in Python."""
+    the plan's shapes, else ``graph``, with a warning saying why and where a width is fixed in Python.
+
+    When they disagree, the ``int`` attributes that held a rewritten width (``self.c`` in ``split((self.c,
+    self.c), 1)``, found on the modules the dense ``source`` graph's edited nodes ran in) are set to the new
+    widths, and the class is tried again.
+    """
     sample = plan.example_inputs(next((t.device for t in candidate.parameters()), "cpu"), random=True) or inputs
-    why = None
-    try:
-        with torch.no_grad(), eval_mode(candidate):
-            mine = call_model(candidate, sample)
-        with torch.no_grad():
-            theirs = call_model(graph, sample)
-        difference = relative_difference(theirs, mine)
-        if difference > AGREE:
-            why = f"its forward computes something else at the new widths (max relative difference {difference:.1e})"
-    except Exception as exc:  # noqa: BLE001 - any failure of the user's forward at the new widths decides it
-        why = f"its forward fails at the new widths ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    why = _disagreement(candidate, graph, sample)
     if why is None:
         return candidate
+    updates = width_attributes(candidate, source, plan) if source is not None else {}
+    if updates:
+        for (path, attr), value in updates.items():
+            setattr(candidate.get_submodule(path), attr, value)
+        if _disagreement(candidate, graph, sample) is None:
+            return candidate
     lines = sorted({_user_line(n) for n in graph.graph.nodes
                     if n.name in {e.node for e in plan.graph_edits} and _user_line(n)})
     where = (" The rewritten graph changed widths written in " + "; ".join(lines[:3])
@@ -87,6 +90,47 @@ def choose_result(candidate: nn.Module, graph: torch.fx.GraphModule, plan: Plan,
         "to get your class back.",
         RewriteWarning, stacklevel=4)
     return graph
+
+
+def _disagreement(candidate: nn.Module, graph: torch.fx.GraphModule, sample: Any) -> str | None:
+    """Why ``candidate``'s forward does not compute what ``graph`` does on ``sample``; None if it does."""
+    try:
+        with torch.no_grad(), eval_mode(candidate):
+            mine = call_model(candidate, sample)
+        with torch.no_grad():
+            theirs = call_model(graph, sample)
+        difference = relative_difference(theirs, mine)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's forward at the new widths decides it
+        return f"its forward fails at the new widths ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if difference > AGREE:
+        return f"its forward computes something else at the new widths (max relative difference {difference:.1e})"
+    return None
+
+
+def width_attributes(root: nn.Module, source: torch.fx.GraphModule, plan: Plan) -> dict[tuple[str, str], int]:
+    """``(module path, attribute) -> new value`` for the ``int`` attributes that held widths the plan rewrote.
+
+    An edited node of the dense exported ``source`` ran in the forward of the innermost module of its
+    ``nn_module_stack``; if that module holds exactly one ``int`` attribute equal to the edit's old value, the
+    attribute held that width. Modules further out are not searched: their ints (a head's class count) are other
+    numbers that happen to match. An attribute two edits would give different values is left alone.
+    """
+    nodes = {n.name: n for n in source.graph.nodes}
+    found: dict[tuple[str, str], set[int]] = {}
+    for edit in plan.graph_edits:
+        node = nodes.get(edit.node)
+        stack = node.meta.get("nn_module_stack") if node is not None else None
+        if not stack:
+            continue
+        path = list(stack.values())[-1][0]
+        try:
+            module = root.get_submodule(path)
+        except AttributeError:
+            continue
+        names = [a for a, v in vars(module).items() if type(v) is int and v == edit.old and not a.startswith("_")]
+        if len(names) == 1:
+            found.setdefault((path, names[0]), set()).add(edit.new)
+    return {key: next(iter(values)) for key, values in found.items() if len(values) == 1}
 
 
 def _user_line(node: torch.fx.Node) -> str | None:

@@ -245,6 +245,36 @@ def test_int_attribute_split_returns_the_rewritten_graph_with_a_warning_naming_t
         torch.testing.assert_close(loaded(y), shrunk(y), rtol=0, atol=0)
 
 
+class OneIntSplit(nn.Module):
+    """ultralytics' C2PSA: both halves sized by one ``int`` attribute, ``split((self.c, self.c), 1)``."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.c = c
+        self.conv = nn.Conv2d(3, 2 * c, 3, padding=1)
+        self.left, self.right = nn.Conv2d(c, 4, 1), nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        a, b = self.conv(x).split((self.c, self.c), 1)
+        y = self.left(a) + self.right(b)
+        return F.max_pool2d(y, 2) if y.shape[-1] >= 4 else y  # so that only torch.export captures it
+
+
+def test_the_int_attribute_that_held_a_rewritten_width_is_updated_and_the_class_comes_back():
+    """Equal split sizes stay equal, so the one attribute they came from can say the new width; the rewrite sets
+    it once the class, run against the rewritten graph, proves it."""
+    torch.manual_seed(0)
+    model, x = OneIntSplit().eval(), torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", graphprune.RewriteWarning)
+        shrunk = graphprune.shrink(model, 0.5, example_inputs=x)
+    assert type(shrunk) is OneIntSplit and model.c == 8
+    assert 2 * shrunk.c == shrunk.conv.out_channels < 16 and shrunk.left.in_channels == shrunk.c
+    plan = graphprune.plans_of(shrunk)[-1]
+    assert graphprune.verify(model, plan, shrunk, x) <= 1e-5
+    assert graphprune.verify(model, plan, shrunk, (torch.randn(3, 3, 12, 12),)) <= 1e-5  # any size, as the class
+
+
 def test_a_resizer_for_the_int_attribute_gives_the_class_back():
     torch.manual_seed(0)
     model, x = IntSplit().eval(), torch.randn(2, 3, 8, 8)

@@ -228,7 +228,7 @@ def batch_norm(ctx, node):
         reduced = set(range(len(ctx.shape(x)))) - {1}
     for block in cmap.blocks:
         if 1 not in block.dims and statistics and set(block.dims) & reduced:
-            ctx.mark_inexact(block.atoms, "batch statistics computed over channels")
+            ctx.mark_inexact(block.atoms, "batch statistics run over removed channels (weight standardisation)")
     # F.batch_norm and F.instance_norm take these in the same places.
     slots = ((1, "running_mean", Role.BUFFER), (2, "running_var", Role.BUFFER), (3, "weight", Role.NORM), (4, "bias", Role.BIAS))
     for index, name, role in slots:

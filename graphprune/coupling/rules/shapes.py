@@ -355,7 +355,7 @@ def slice_block(ctx, block: Block, size: int, item: slice, paths: dict[str, tupl
 def split(ctx, node):
     """Cuts a tensor into pieces along a dim; a channel dim's atoms are cut the same way.
 
-    Explicit sizes (``split(x, [a, b], 1)``) become kept counts per piece. Equal pieces
+    Explicit sizes (``split(x, [a, b], 1)``) become kept counts per piece; equal ones stay equal. Equal pieces
     (``x.chunk(2, dim=1)``, ``split(x, 16, 1)``) are computed from the pruned size at run
     time, so the pieces must keep the same count: position i of every piece is one channel.
     Cutting one axis of a multi-dim block keeps that axis whole (its rows are joined), as slicing does.
@@ -387,6 +387,11 @@ def split(ctx, node):
             if not isinstance(value, int):
                 raise LayoutError("split sizes computed at run time cannot be rewritten")
             ctx.edit_shape((position, k), value, Block((dim,), piece), 0)
+        if len(pieces) > 1 and len(set(how)) == 1:
+            # Equal sizes usually come from one attribute (ultralytics' C2PSA: split((self.c, self.c), 1)): pieces
+            # that keep equal widths let that attribute say the new ones, so the user's class can come back.
+            for piece in pieces[1:]:
+                ctx.join(pieces[0], piece)
     else:
         last = sizes[-1]
         if len(set(sizes[:-1])) != 1 or last > sizes[0]:
