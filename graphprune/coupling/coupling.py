@@ -192,8 +192,9 @@ def _get_attr(ctx: RuleContext, node: torch.fx.Node, meta: Any) -> Any:
         # op that meets it with channels pins them rather than slicing it. The exception is a floating
         # per-channel vector, one dim longer than 1 (an offset of shape 1xCx1x1, running statistics read
         # by F.batch_norm): it is sliced like a parameter.
+        # A non-persistent buffer is not state at all but derived from the config (rotary embeddings' inv_freq).
         per_channel = meta.dtype.is_floating_point and sum(size > 1 for size in shape) == 1
-        if not per_channel:
+        if not per_channel or attr in module._non_persistent_buffers_set:
             return ChannelMap()
     blocks = []
     for dim, size in enumerate(shape):

@@ -605,11 +605,10 @@ class QKVChunk(nn.Module):
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_chunk_of_one_axis_of_a_heads_block_is_exact(capture):
-    """Was refused ("splitting dim 3, which is part of a 2-D channel block"). Now exact, the rest of the model
-    pruned; the attention keeps its width: the reshape's run-time head count (-1) joins position i of every
-    head, and the chunk keeps each head's q, k, v whole, which together leave nothing to remove there."""
+    """Was refused ("splitting dim 3, which is part of a 2-D channel block"). Now exact: the chunk keeps each head's
+    q, k and v whole, and the reshape's head count is a lone -1, which the kept heads fill, so whole heads go."""
     plan, shrunk = _shrinks_exactly(QKVChunk(), torch.randn(2, 3, 4, 4), capture=capture)
-    assert shrunk.stem.weight.shape[0] == 4 and shrunk.qkv.weight.shape[0] == 48
+    assert shrunk.stem.weight.shape[0] == 4 and shrunk.qkv.weight.shape[0] == 24 and shrunk.proj.weight.shape[1] == 8
 
 
 class DFL(nn.Module):

@@ -38,7 +38,7 @@ TWINS: dict[object, object] = {
     # layers over the model's own tensors
     aten.conv1d: F.conv1d, aten.conv2d: F.conv2d, aten.conv3d: F.conv3d, aten.linear: F.linear,
     aten.conv_transpose1d: F.conv_transpose1d, aten.conv_transpose2d: F.conv_transpose2d,
-    aten.conv_transpose3d: F.conv_transpose3d,
+    aten.conv_transpose3d: F.conv_transpose3d, aten.addmm: torch.addmm,
     aten.batch_norm: F.batch_norm, aten.instance_norm: F.instance_norm, aten.layer_norm: F.layer_norm,
     aten.group_norm: F.group_norm, aten.embedding: F.embedding, aten.rms_norm: F.rms_norm,
     # element-wise, one tensor
@@ -58,6 +58,7 @@ TWINS: dict[object, object] = {
     **{getattr(aten, name): name for name in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum",
                                               "minimum", "addcmul", "roll", "copy_")},
     aten.rsub: "sub",  # 1 - x
+    aten.where: torch.where, aten.masked_fill: "masked_fill", aten.masked_fill_: "masked_fill_",
     aten.pad: F.pad, aten.constant_pad_nd: F.pad, aten.prelu: F.prelu, aten.glu: F.glu,
     # channels to space and back, channel shuffles
     aten.pixel_shuffle: F.pixel_shuffle, aten.pixel_unshuffle: F.pixel_unshuffle, aten.im2col: F.unfold,

@@ -232,12 +232,16 @@ def broadcast_join(ctx, node, operands) -> ChannelMap | None:
     fixed: set[frozenset] = set()
     for padded, blocks in placed:
         tracked = {d for b in blocks for d in b.dims}
-        for key, block in result.items():
-            for d in block.dims:
-                if d not in tracked and padded[d] == out_shape[d] and out_shape[d] > 1:
-                    ctx.pin(block.atoms, "element-wise op with an operand whose channels are fixed")
-                    fixed.add(key)
-                    break
+        for key, block in list(result.items()):
+            meets = {d for d in block.dims if d not in tracked and padded[d] == out_shape[d] and out_shape[d] > 1}
+            if not meets or key in fixed:
+                continue
+            if meets < set(block.dims):
+                # heads x head_dim times a rotary table over head_dim: that axis stays whole, whole heads go.
+                result[key] = project(ctx, block, set(block.dims) - meets)
+            else:
+                ctx.pin(block.atoms, "element-wise op with an operand whose channels are fixed")
+                fixed.add(key)
     # Pinned channels never go, so the output need not carry them: later ops see a plain dim
     # (a positional embedding's token dim added to the tokens is not a channel dim downstream).
     return ChannelMap(tuple(block for key, block in result.items() if key not in fixed))
@@ -280,6 +284,18 @@ def binary(ctx, node):
         counted = [m.atoms for m in markers if isinstance(m, (SizeOf, DerivedSize))]
         return DerivedSize(np.concatenate(counted)) if counted else None
     return broadcast_join(ctx, node, operands)
+
+
+@RULES.function(torch.where)
+@RULES.method("where", "masked_fill", "masked_fill_")
+def select_where(ctx, node):
+    """``torch.where(cond, a, b)`` and ``x.masked_fill(mask, value)``: each element comes from one operand at the
+    same position, so the tensors' channels are joined as in an add (T5's masked position bias); a condition
+    without channels over a channel dim keeps those channels."""
+    # Every operand is positional in these calls (torch.where(cond, a, b), aten.where.ScalarOther(cond, a, -inf),
+    # x.where(cond, y), x.masked_fill(mask, v)); the Python scalars among them carry nothing.
+    operands = [*node.args, *node.kwargs.values()]
+    return broadcast_join(ctx, node, [v for v in operands if isinstance(v, torch.fx.Node)])
 
 
 @RULES.function(torch.pow, operator.pow)

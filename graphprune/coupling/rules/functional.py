@@ -189,25 +189,40 @@ def conv_transpose(ctx, node):
 @RULES.function(F.linear)
 def linear(ctx, node):
     """``F.linear(x, weight, bias)``: consumes the last dim (weight dim 1), produces weight dim 0."""
-    x, weight, bias = input_arg(node), arg(node, 1, "weight"), arg(node, 2, "bias")
+    return _dense(ctx, input_arg(node), arg(node, 1, "weight"), arg(node, 2, "bias"), out_dim=0, what="linear")
+
+
+@RULES.function(torch.addmm)
+def addmm(ctx, node):
+    """``torch.addmm(bias, x, weight)``: a linear layer whose weight is stored transposed (GPT-2's ``Conv1D``):
+    consumes x's last dim (weight dim 0), produces weight dim 1. ``beta`` and ``alpha`` only scale."""
+    return _dense(ctx, arg(node, 1, "mat1"), arg(node, 2, "mat2"), input_arg(node), out_dim=1, what="addmm")
+
+
+def _dense(ctx, x, weight, bias, out_dim: int, what: str) -> ChannelMap:
+    """``x @ weight`` over x's last dim, plus a bias over the output features; ``out_dim`` is the weight dim that
+    produces them (0 for F.linear's out x in weight, 1 for a transposed one)."""
     ndim = len(ctx.shape(x))
     last = ndim - 1
     cmap = _tensor_map(ctx, x)
     w_map = _tensor_map(ctx, weight)
     if len(ctx.shape(weight)) != 2:
-        raise LayoutError("F.linear with a weight that is not 2-D")
-    w_out, w_in = w_map.at(0), w_map.at(1)
-    _meet(ctx, cmap.at(last), w_in, "the linear input")
-    _claim(ctx, weight, 1, w_in, Role.CONSUMER)
-    _claim(ctx, weight, 0, w_out, Role.PRODUCER)
-    b_atoms = _only(_tensor_map(ctx, bias), 0, "the linear bias") if bias is not None else None
+        raise LayoutError(f"{what} with a weight that is not 2-D")
+    w_out, w_in = w_map.at(out_dim), w_map.at(1 - out_dim)
+    _meet(ctx, cmap.at(last), w_in, f"the {what} input")
+    _claim(ctx, weight, 1 - out_dim, w_in, Role.CONSUMER)
+    _claim(ctx, weight, out_dim, w_out, Role.PRODUCER)
+    b_atoms = None
+    if bias is not None:
+        b_dims = len(ctx.shape(bias))
+        b_atoms = _only(_tensor_map(ctx, bias), b_dims - 1, f"the {what} bias")
     if w_out is None:
         if b_atoms is not None:
             ctx.pin(b_atoms, "bias of an untracked output")
         return cmap.without(last)
     if bias is not None:
-        _meet(ctx, w_out, b_atoms, "the linear bias")
-        _claim(ctx, bias, 0, b_atoms, Role.BIAS)
+        _meet(ctx, w_out, b_atoms, f"the {what} bias")
+        _claim(ctx, bias, len(ctx.shape(bias)) - 1, b_atoms, Role.BIAS)
     return cmap.without(last).with_block(Block((last,), w_out))
 
 

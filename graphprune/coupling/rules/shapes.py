@@ -72,7 +72,9 @@ def reshape(ctx, node):
             path = prefix + (d,) if prefix != () else (1 + d,)
             ctx.edit_shape(path, value, block, block.dims.index(d))
     for block in out.blocks:
-        if len(block.dims) > 1 and any(not isinstance(sizes[d], int) or sizes[d] == -1 for d in block.dims):
+        # One -1 among literal sizes is what the literals leave (Llama's view(1, 8, -1, 8) of heads x head_dim),
+        # so whole rows may go; a size computed at run time is not rewritten, so rows must stay.
+        if len(block.dims) > 1 and any(not isinstance(sizes[d], int) for d in block.dims):
             _keep_grid(ctx, block)
     return out
 
