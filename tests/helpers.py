@@ -59,3 +59,19 @@ def time_models_by(monkeypatch, seconds_of) -> None:
 
     monkeypatch.setattr(Hardware, "runner", lambda hw, m, args: _StandIn(hw, m, args, seconds_of))
     monkeypatch.setattr(Hardware, "seconds", seconds)
+
+
+def shrinks_exactly(model: torch.nn.Module, x, budget=0.5, *, capture: str = "auto", tolerance: float = 1e-5):
+    """Shrink ``model`` to ``budget`` on the ``capture`` path; check it lost parameters, matches the masked original
+    and kept the original. Returns (plan, shrunk)."""
+    import graphprune
+
+    torch.manual_seed(0)
+    model = spread_batchnorm(model).eval()
+    before = fingerprint(model)
+    plan = graphprune.plan(model, budget, example_inputs=x, scope=graphprune.Scope(capture=capture))
+    shrunk = graphprune.apply(model, plan)
+    assert graphprune.count_params(shrunk) < graphprune.count_params(model)
+    assert graphprune.verify(model, plan, shrunk, x) <= tolerance
+    assert fingerprint(model) == before
+    return plan, shrunk

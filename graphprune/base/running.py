@@ -70,7 +70,10 @@ def attributes_kept(model: nn.Module) -> Iterator[None]:
             vars(m).update(attributes)
         for container, entries in contents:
             container.clear()
-            container.update(entries) if not isinstance(container, list) else container.extend(entries)
+            if isinstance(container, list):
+                container.extend(entries)
+            else:
+                container.update(entries)
 
 
 def device_of(model: nn.Module) -> torch.device:

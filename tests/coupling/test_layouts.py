@@ -11,21 +11,9 @@ from torch import nn
 
 import graphprune
 
-from ..helpers import fingerprint, spread_batchnorm
+from ..helpers import fingerprint, shrinks_exactly
 
 CAPTURES = ["fx", "export"]
-
-
-def _shrinks_exactly(model, x, capture, ratio=0.5, tolerance=1e-5, budget=None):
-    torch.manual_seed(0)
-    model = spread_batchnorm(model).eval()
-    before = fingerprint(model)
-    plan = graphprune.plan(model, budget or ratio, example_inputs=x, scope=graphprune.Scope(capture=capture))
-    shrunk = graphprune.apply(model, plan)
-    assert graphprune.count_params(shrunk) < graphprune.count_params(model)
-    assert graphprune.verify(model, plan, shrunk, x) <= tolerance
-    assert fingerprint(model) == before
-    return plan, shrunk
 
 
 class BiasedAttention(nn.Module):
@@ -61,7 +49,7 @@ class BiasedAttention(nn.Module):
 @pytest.mark.parametrize("sdpa", [False, True], ids=["matmul", "sdpa-mask"])
 def test_an_attention_bias_table_follows_its_heads(capture, sdpa):
     x = torch.randn(2, 6, 5)
-    plan, shrunk = _shrinks_exactly(BiasedAttention(sdpa=sdpa), x, capture)
+    plan, shrunk = shrinks_exactly(BiasedAttention(sdpa=sdpa), x, capture=capture)
     if capture == "fx":  # the exported one may come back as the rewritten graph
         heads = shrunk.biases.shape[0]
         assert heads < 4 and shrunk.qkv.out_features == 3 * heads * 4  # whole heads went, table rows with them
@@ -94,7 +82,7 @@ class LinearAttention(nn.Module):
 @pytest.mark.parametrize("capture", CAPTURES)
 def test_a_padded_head_dim_through_a_kv_contraction_loses_whole_heads(capture):
     x = torch.randn(2, 3, 4, 4)
-    plan, shrunk = _shrinks_exactly(LinearAttention(), x, capture)
+    plan, shrunk = shrinks_exactly(LinearAttention(), x, capture=capture)
     if capture == "fx":
         assert shrunk.stem.out_channels == 4 and shrunk.qkv.out_channels % 12 == 0 and shrunk.qkv.out_channels < 48
 
@@ -125,7 +113,7 @@ class PositionTable(nn.Module):
 @pytest.mark.parametrize("how", ["interpolate", "tile", "repeat"])
 def test_a_position_table_resampled_or_tiled_keeps_its_channels_prunable(how, capture):
     x = torch.randn(2, 3, 6, 6)
-    plan, shrunk = _shrinks_exactly(PositionTable(how), x, capture)
+    plan, shrunk = shrinks_exactly(PositionTable(how), x, capture=capture)
     assert shrunk.conv.out_channels == 4 and shrunk.pos.shape == (1, 4, 2, 2)
 
 
@@ -149,7 +137,7 @@ class UnevenChunks(nn.Module):
 @pytest.mark.parametrize("use_split", [False, True], ids=["chunk", "split"])
 def test_chunks_that_do_not_divide_evenly_stay_valid(use_split, capture):
     x = torch.randn(2, 3, 5, 5)
-    plan, shrunk = _shrinks_exactly(UnevenChunks(use_split), x, capture)
+    plan, shrunk = shrinks_exactly(UnevenChunks(use_split), x, capture=capture)
     kept = shrunk.conv.weight.shape[0]  # the export of split(4) comes back as the graph: plain modules
     assert kept < 11
     sizes = [t.shape[1] for t in torch.ones(1, kept).chunk(3, 1)]
@@ -179,7 +167,7 @@ class ChannelStatistics(nn.Module):
 @pytest.mark.parametrize("how", ["var", "max"])
 def test_a_statistic_over_channels_keeps_them(how, capture):
     x = torch.randn(2, 3, 5, 5)
-    plan, shrunk = _shrinks_exactly(ChannelStatistics(how), x, capture)
+    plan, shrunk = shrinks_exactly(ChannelStatistics(how), x, capture=capture)
     assert shrunk.conv.out_channels == 8 and shrunk.mid.out_channels == 3
 
 
@@ -212,7 +200,7 @@ def test_weight_standardisation_prunes_filters_and_reports_its_inputs(capture):
         plan = graphprune.plan(model, 0.5, example_inputs=x, scope=graphprune.Scope(capture=capture))
     shrunk = graphprune.apply(model, plan)
     assert shrunk(x).shape == (2, 2, 6, 6) and plan.inexact
-    plan, shrunk = _shrinks_exactly(model, x, capture, budget=graphprune.Budget(ratio=0.5, exact_only=True))
+    plan, shrunk = shrinks_exactly(model, x, graphprune.Budget(ratio=0.5, exact_only=True), capture=capture)
     assert shrunk.b.weight.shape == (3, 8, 3, 3) and shrunk.a.weight.shape == (8, 3, 3, 3)
 
 
@@ -260,7 +248,7 @@ class Float32Region(nn.Module):
 
 def test_a_region_with_autocast_switched_off_is_inlined():
     x = torch.randn(1, 3, 5, 5)
-    plan, shrunk = _shrinks_exactly(Float32Region(), x, "export")
+    plan, shrunk = shrinks_exactly(Float32Region(), x, capture="export")
     gm = graphprune.couple(Float32Region(), example_inputs=x, scope=graphprune.Scope(capture="export")).gm
     assert not [n for n in gm.graph.nodes if "autocast" in str(n.target)]
 
@@ -281,7 +269,7 @@ class ViewAsInput(nn.Module):
 
 @pytest.mark.parametrize("capture", CAPTURES)
 def test_reshape_as_follows_the_other_tensors_channels(capture):
-    plan, shrunk = _shrinks_exactly(ViewAsInput(), torch.randn(2, 4, 5), capture)
+    plan, shrunk = shrinks_exactly(ViewAsInput(), torch.randn(2, 4, 5), capture=capture)
     assert shrunk.fc.out_features == 4 and shrunk.bn.num_features == 4
 
 
@@ -313,5 +301,5 @@ def test_unfold_windows(along_channels, capture):
         shrunk = graphprune.apply(model, plan)
         assert shrunk.conv.out_channels == 8 and graphprune.verify(model, plan, shrunk, x) <= 1e-5
     else:
-        plan, shrunk = _shrinks_exactly(Windows(), x, capture)
+        plan, shrunk = shrinks_exactly(Windows(), x, capture=capture)
         assert shrunk.conv.out_channels == 4 and shrunk.head.in_features == 8

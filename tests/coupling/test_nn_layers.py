@@ -12,20 +12,7 @@ from torch import nn
 
 import graphprune
 
-from ..helpers import fingerprint, spread_batchnorm
-
-
-def _shrinks_exactly(model, x, ratio=0.5, capture="auto", tolerance=1e-5):
-    """Shrink ``model`` at ``ratio``; check it lost parameters, matches the masked original and kept the original."""
-    torch.manual_seed(0)
-    model = spread_batchnorm(model).eval()
-    before = fingerprint(model)
-    plan = graphprune.plan(model, ratio, example_inputs=x, scope=graphprune.Scope(capture=capture))
-    shrunk = graphprune.apply(model, plan)
-    assert graphprune.count_params(shrunk) < graphprune.count_params(model)
-    assert graphprune.verify(model, plan, shrunk, x) <= tolerance
-    assert fingerprint(model) == before
-    return plan, shrunk
+from ..helpers import fingerprint, shrinks_exactly
 
 
 # -- transposed convolutions ------------------------------------------------------------------------------
@@ -50,9 +37,9 @@ class Decoder(nn.Module):
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("capture", ["fx", "export"])
-def test_conv_transpose_shrinks_exactly(dims, capture):
+def test_conv_transposeshrinks_exactly(dims, capture):
     x = torch.randn(2, 3, *[6] * dims)
-    plan, shrunk = _shrinks_exactly(Decoder(dims, output_padding=1), x, capture=capture)
+    plan, shrunk = shrinks_exactly(Decoder(dims, output_padding=1), x, capture=capture)
     up = shrunk.up
     assert (up.in_channels, up.out_channels) == (6, 4) and up.weight.shape[:2] == (6, 4)
     assert shrunk(x).shape == (2, 2, *[12] * dims)
@@ -61,7 +48,7 @@ def test_conv_transpose_shrinks_exactly(dims, capture):
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_grouped_conv_transpose_prunes_whole_positions_of_every_group(capture):
     x = torch.randn(2, 3, 6, 6)
-    plan, shrunk = _shrinks_exactly(Decoder(groups=4), x, capture=capture)
+    plan, shrunk = shrinks_exactly(Decoder(groups=4), x, capture=capture)
     if capture == "fx":
         up = shrunk.up
         assert up.groups == 4 and up.in_channels % 4 == 0 and up.out_channels % 4 == 0
@@ -70,7 +57,7 @@ def test_grouped_conv_transpose_prunes_whole_positions_of_every_group(capture):
 
 def test_depthwise_conv_transpose_passes_channels_through():
     x = torch.randn(2, 3, 6, 6)
-    plan, shrunk = _shrinks_exactly(Decoder(depthwise=True), x)
+    plan, shrunk = shrinks_exactly(Decoder(depthwise=True), x)
     up = shrunk.up
     assert up.groups == up.in_channels == 6 and up.out_channels == 12
 
@@ -88,7 +75,7 @@ class FunctionalUp(nn.Module):
 
 
 def test_functional_conv_transpose_over_the_models_own_tensors():
-    plan, shrunk = _shrinks_exactly(FunctionalUp(), torch.randn(2, 3, 5, 5))
+    plan, shrunk = shrinks_exactly(FunctionalUp(), torch.randn(2, 3, 5, 5))
     assert shrunk.w.shape == (5, 3, 2, 2) and shrunk.b.shape == (3,)
 
 
@@ -119,9 +106,9 @@ class UNet(nn.Module):
 
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
-def test_unet_with_transposed_conv_decoders_shrinks_exactly(capture):
+def test_unet_with_transposed_conv_decodersshrinks_exactly(capture):
     x = torch.randn(2, 3, 16, 16)
-    plan, shrunk = _shrinks_exactly(UNet(), x, capture=capture)
+    plan, shrunk = shrinks_exactly(UNet(), x, capture=capture)
     assert type(shrunk) is UNet
     assert shrunk.up2.out_channels == shrunk.down2[0].out_channels == 8
     assert shrunk.up2.in_channels == shrunk.bottom[3].out_channels == 16
@@ -147,7 +134,7 @@ class FunctionalGroupedUp(nn.Module):
 
 @pytest.mark.parametrize("depthwise", [False, True])
 def test_functional_grouped_and_depthwise_conv_transpose(depthwise):
-    plan, shrunk = _shrinks_exactly(FunctionalGroupedUp(depthwise), torch.randn(2, 3, 5, 5))
+    plan, shrunk = shrinks_exactly(FunctionalGroupedUp(depthwise), torch.randn(2, 3, 5, 5))
     assert shrunk.w.shape[0] == 4 and shrunk.w.shape[1] == 2 if depthwise else shrunk.w.shape[0] % 4 == 0
 
 
@@ -169,9 +156,9 @@ class ESPCN(nn.Module):
 
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
-def test_espcn_with_pixel_shuffle_shrinks_exactly(capture):
+def test_espcn_with_pixel_shuffleshrinks_exactly(capture):
     x = torch.randn(2, 3, 6, 6)
-    plan, shrunk = _shrinks_exactly(ESPCN(), x, capture=capture)
+    plan, shrunk = shrinks_exactly(ESPCN(), x, capture=capture)
     assert shrunk.to_pixels.out_channels == 4 * 9 and shrunk.out.in_channels == 4  # whole r*r groups went
     assert shrunk(x).shape == (2, 3, 18, 18)
 
@@ -189,7 +176,7 @@ class Unshuffled(nn.Module):
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_pixel_unshuffle_repeats_each_channel_into_its_block(capture):
-    plan, shrunk = _shrinks_exactly(Unshuffled(), torch.randn(2, 3, 8, 8), capture=capture)
+    plan, shrunk = shrinks_exactly(Unshuffled(), torch.randn(2, 3, 8, 8), capture=capture)
     assert shrunk.stem.out_channels == 3 and shrunk.head.in_channels == 12
 
 
@@ -209,7 +196,7 @@ class Shuffled(nn.Module):
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_channel_shuffle_keeps_its_groups_a_grid(capture):
-    plan, shrunk = _shrinks_exactly(Shuffled(), torch.randn(2, 3, 6, 6), capture=capture)
+    plan, shrunk = shrinks_exactly(Shuffled(), torch.randn(2, 3, 6, 6), capture=capture)
     assert shrunk.stem.out_channels % 3 == 0 and shrunk.stem.out_channels < 12
 
 
@@ -229,7 +216,7 @@ class FoldUnfold(nn.Module):
 
 
 def test_fold_and_unfold_move_channels_to_patches_and_back():
-    plan, shrunk = _shrinks_exactly(FoldUnfold(), torch.randn(2, 3, 8, 8))
+    plan, shrunk = shrinks_exactly(FoldUnfold(), torch.randn(2, 3, 8, 8))
     assert shrunk.stem.out_channels == 3 and shrunk.head.in_channels == 3
 
 
@@ -252,7 +239,7 @@ class PerChannel(nn.Module):
     nn.Identity()], ids=["instance", "instance-affine", "instance-tracked", "prelu-only"])
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_instance_norm_and_prelu_slice_per_channel(norm, capture):
-    plan, shrunk = _shrinks_exactly(PerChannel(norm), torch.randn(2, 3, 6, 6), capture=capture)
+    plan, shrunk = shrinks_exactly(PerChannel(norm), torch.randn(2, 3, 6, 6), capture=capture)
     if capture == "fx":
         assert shrunk.act.num_parameters == 4 and shrunk.act.weight.shape == (4,)
 
@@ -270,7 +257,7 @@ class LRN(nn.Module):
 
 
 def test_local_response_norm_keeps_the_channels_it_normalises():
-    plan, shrunk = _shrinks_exactly(LRN(), torch.randn(2, 3, 6, 6))
+    plan, shrunk = shrinks_exactly(LRN(), torch.randn(2, 3, 6, 6))
     assert shrunk.stem.out_channels == 8 and shrunk.mid.out_channels == 4
     assert len(next(g for g in plan.groups if g.sources == ["stem"]).pinned) == 8
 
@@ -290,7 +277,7 @@ class Gated(nn.Module):
 @pytest.mark.parametrize("module", [True, False])
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_glu_joins_the_halves(module, capture):
-    plan, shrunk = _shrinks_exactly(Gated(module), torch.randn(2, 3, 6, 6), capture=capture)
+    plan, shrunk = shrinks_exactly(Gated(module), torch.randn(2, 3, 6, 6), capture=capture)
     assert shrunk.stem.out_channels == 6 and shrunk.head.in_channels == 3
 
 
@@ -306,7 +293,7 @@ class Pair(nn.Module):
 
 
 def test_bilinear_consumes_both_inputs_and_produces_its_features():
-    plan, shrunk = _shrinks_exactly(Pair(), (torch.randn(3, 5), torch.randn(3, 4)))
+    plan, shrunk = shrinks_exactly(Pair(), (torch.randn(3, 5), torch.randn(3, 4)))
     assert shrunk.bilinear.weight.shape == (5, 4, 3)
     assert (shrunk.bilinear.in1_features, shrunk.bilinear.in2_features, shrunk.bilinear.out_features) == (4, 3, 5)
 
@@ -329,7 +316,7 @@ class Bag(nn.Module):
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_embedding_bag_columns_are_channels(mode):
     ids, offsets = torch.randint(0, 20, (10,)), torch.tensor([0, 3, 7])
-    plan, shrunk = _shrinks_exactly(Bag(mode), (ids, offsets))
+    plan, shrunk = shrinks_exactly(Bag(mode), (ids, offsets))
     assert shrunk.bag.embedding_dim == 4 and shrunk.bag.weight.shape == (20, 4)
 
 
@@ -347,7 +334,7 @@ class TiedEmbedding(nn.Module):
 
 
 def test_embedding_tied_to_the_output_layer_shrinks_both_at_once():
-    plan, shrunk = _shrinks_exactly(TiedEmbedding(), torch.randint(0, 20, (2, 5)))
+    plan, shrunk = shrinks_exactly(TiedEmbedding(), torch.randint(0, 20, (2, 5)))
     assert shrunk.head.weight is shrunk.embed.weight and shrunk.embed.weight.shape == (20, 4)
     assert shrunk.head.in_features == 4
 
@@ -367,7 +354,7 @@ class CrossAttention(nn.Module):
 
 
 def test_multihead_attention_with_kdim_and_vdim_prunes_heads_and_the_key_and_value_streams():
-    plan, shrunk = _shrinks_exactly(CrossAttention(), (torch.randn(2, 3, 5), torch.randn(2, 4, 5)))
+    plan, shrunk = shrinks_exactly(CrossAttention(), (torch.randn(2, 3, 5), torch.randn(2, 4, 5)))
     attn = shrunk.attn
     assert attn.num_heads == 1 and attn.embed_dim == 4
     assert (attn.kdim, attn.vdim) == (3, 2) == (shrunk.k_in.out_features, shrunk.v_in.out_features)
@@ -398,7 +385,7 @@ RECURRENT = [("RNN", {}), ("RNN", {"nonlinearity": "relu", "num_layers": 2}), ("
 
 @pytest.mark.parametrize("kind,kwargs", RECURRENT, ids=[f"{k}-{'-'.join(map(str, v.items()))}" for k, v in RECURRENT])
 def test_recurrent_layers_lose_hidden_units_exactly(kind, kwargs):
-    plan, shrunk = _shrinks_exactly(Recurrent(kind, **kwargs), torch.randn(2, 7, 5))
+    plan, shrunk = shrinks_exactly(Recurrent(kind, **kwargs), torch.randn(2, 7, 5))
     rnn = shrunk.rnn
     assert rnn.hidden_size == 4 and rnn.input_size == 3
     if kwargs.get("proj_size"):
@@ -423,8 +410,8 @@ class LSTMClassifier(nn.Module):
         return self.classifier(h[-1])
 
 
-def test_lstm_classifier_over_conv_features_shrinks_exactly():
-    plan, shrunk = _shrinks_exactly(LSTMClassifier(), torch.randn(2, 4, 10))
+def test_lstm_classifier_over_conv_featuresshrinks_exactly():
+    plan, shrunk = shrinks_exactly(LSTMClassifier(), torch.randn(2, 4, 10))
     assert shrunk.lstm.input_size == shrunk.features[3].out_channels == 8
     assert shrunk.lstm.hidden_size == 6 and shrunk.classifier.in_features == 6
 
@@ -463,7 +450,7 @@ class Stepper(nn.Module):
 
 @pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
 def test_recurrent_cells_fed_their_own_state_lose_hidden_units_exactly(kind):
-    plan, shrunk = _shrinks_exactly(Stepper(kind), torch.randn(2, 4, 5))
+    plan, shrunk = shrinks_exactly(Stepper(kind), torch.randn(2, 4, 5))
     assert shrunk.cell.hidden_size == 4 and shrunk.cell.input_size == 3 and shrunk.head.in_features == 4
 
 
@@ -474,7 +461,7 @@ def test_recurrent_cells_fed_their_own_state_lose_hidden_units_exactly(kind):
 def test_more_element_wise_and_softmax_layers(layer):
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), layer, nn.Conv2d(8, 4, 1), nn.ReLU(),
                         nn.Conv2d(4, 2, 1))
-    plan, shrunk = _shrinks_exactly(net, torch.randn(2, 3, 6, 6))
+    plan, shrunk = shrinks_exactly(net, torch.randn(2, 3, 6, 6))
     if isinstance(layer, nn.Softmax2d):  # a softmax over channels keeps them
         assert shrunk[0].out_channels == 8 and shrunk[3].out_channels == 2
     else:
@@ -483,7 +470,7 @@ def test_more_element_wise_and_softmax_layers(layer):
 
 def test_lp_pool_3d_and_rms_norm():
     net = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.LPPool3d(2, 2), nn.Conv3d(8, 4, 1))
-    _shrinks_exactly(net, torch.randn(2, 3, 4, 4, 4))
+    shrinks_exactly(net, torch.randn(2, 3, 4, 4, 4))
     mlp = nn.Sequential(nn.Linear(5, 8), nn.RMSNorm(8), nn.Linear(8, 3))
     torch.manual_seed(0)
     plan = graphprune.plan(mlp, 0.5, example_inputs=torch.randn(4, 5))
@@ -497,7 +484,7 @@ def test_lp_pool_3d_and_rms_norm():
 def test_a_lazy_layer_once_initialised_is_its_concrete_layer():
     net = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.LazyBatchNorm2d(), nn.ReLU(), nn.LazyConv2d(2, 1))
     net(torch.randn(1, 3, 6, 6))  # initialises: each becomes Conv2d / BatchNorm2d
-    plan, shrunk = _shrinks_exactly(net, torch.randn(2, 3, 6, 6))
+    plan, shrunk = shrinks_exactly(net, torch.randn(2, 3, 6, 6))
     assert type(shrunk[0]) is nn.Conv2d and shrunk[0].out_channels == 4
 
 
@@ -607,7 +594,7 @@ class QKVChunk(nn.Module):
 def test_chunk_of_one_axis_of_a_heads_block_is_exact(capture):
     """Was refused ("splitting dim 3, which is part of a 2-D channel block"). Now exact: the chunk keeps each head's
     q, k and v whole, and the reshape's head count is a lone -1, which the kept heads fill, so whole heads go."""
-    plan, shrunk = _shrinks_exactly(QKVChunk(), torch.randn(2, 3, 4, 4), capture=capture)
+    plan, shrunk = shrinks_exactly(QKVChunk(), torch.randn(2, 3, 4, 4), capture=capture)
     assert shrunk.stem.weight.shape[0] == 4 and shrunk.qkv.weight.shape[0] == 24 and shrunk.proj.weight.shape[1] == 8
 
 
@@ -648,11 +635,11 @@ class ECA(nn.Module):
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_a_pointwise_conv_over_a_view_passes_channels_on_its_spatial_dims(capture):
-    plan, shrunk = _shrinks_exactly(DFL(), torch.randn(2, 3, 4, 4), capture=capture)
+    plan, shrunk = shrinks_exactly(DFL(), torch.randn(2, 3, 4, 4), capture=capture)
     assert shrunk.box.weight.shape[0] == 16 and shrunk.stem.weight.shape[0] == 4  # box outputs all kept
 
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
 def test_a_conv_along_the_channel_axis_pins_those_channels_instead_of_refusing(capture):
-    plan, shrunk = _shrinks_exactly(ECA(), torch.randn(2, 3, 4, 4), capture=capture)
+    plan, shrunk = shrinks_exactly(ECA(), torch.randn(2, 3, 4, 4), capture=capture)
     assert shrunk.stem.weight.shape[0] == 8 and shrunk.mid.weight.shape[0] == 4

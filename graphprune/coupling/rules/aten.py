@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..channels import Block, ChannelMap, LayoutError
+from ..channels import ChannelMap
 from ..registry import Registry
 from . import contractions, elementwise, functional, norms, rearrange, reductions, repeat, shapes
 from ._common import arg, arg_path, input_arg
@@ -142,18 +142,11 @@ def select(ctx, node):
     """``aten.select(x, dim, index)``, a traced ``x[:, i]``: the dim goes (see :func:`shapes.index_channels`)."""
     x = input_arg(node)
     dim = int(arg(node, 1, "dim")) % len(ctx.shape(x))
-    return _index(ctx, node, x, [slice(None)] * dim + [int(arg(node, 2, "index"))])
+    return shapes.index_along(ctx, node, x, [slice(None)] * dim + [int(arg(node, 2, "index"))])
 
 
 @RULES.function(aten.index.Tensor)
 def index(ctx, node):
     """``aten.index(x, [None, idx])``, a traced ``x[:, idx]``: positions gathered by index tensors."""
-    x = input_arg(node)
     indices = node.args[1] if len(node.args) > 1 else node.kwargs["indices"]  # "indices" names `self` elsewhere
-    return _index(ctx, node, x, [slice(None) if i is None else i for i in indices])
-
-
-def _index(ctx, node, x, items: list):
-    shape = ctx.shape(x)
-    cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
-    return shapes.index_channels(ctx, cmap, shape, items, [None] * len(items), ctx.shape(node))
+    return shapes.index_along(ctx, node, input_arg(node), [slice(None) if i is None else i for i in indices])

@@ -17,7 +17,7 @@ from torch import nn
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
 from ._common import arg, input_arg, join_along, join_tensor_arg, keep_whole, pass_through, project
-from .shapes import DerivedSize, SizeOf
+from .shapes import DerivedSize, SizeOf, keep_count
 
 __all__ = ["RULES", "broadcast_join"]
 
@@ -143,9 +143,7 @@ def _fixed_widths(ctx, width: tuple, grown: int, dim: int) -> tuple[int, int]:
     """A channel dim's padding before and after it, as ints. An amount computed at run time (``W - 1``) keeps its
     value, which the shapes give: the sizes it is computed from are spatial, or channel counts that are then kept."""
     for w in width:
-        marker = ctx.channels(w) if isinstance(w, torch.fx.Node) else None
-        if isinstance(marker, (SizeOf, DerivedSize)):
-            ctx.pin(marker.atoms, "a padding computed from a channel count")
+        keep_count(ctx, w, "a padding computed from a channel count")
     before, after = width
     if not isinstance(before, int) and not isinstance(after, int):
         raise LayoutError(f"padding channel dim {dim} by amounts computed at run time on both sides")

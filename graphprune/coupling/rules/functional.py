@@ -212,17 +212,17 @@ def _dense(ctx, x, weight, bias, out_dim: int, what: str) -> ChannelMap:
     _meet(ctx, cmap.at(last), w_in, f"the {what} input")
     _claim(ctx, weight, 1 - out_dim, w_in, Role.CONSUMER)
     _claim(ctx, weight, out_dim, w_out, Role.PRODUCER)
-    b_atoms = None
+    b_atoms = b_dim = None
     if bias is not None:
-        b_dims = len(ctx.shape(bias))
-        b_atoms = _only(_tensor_map(ctx, bias), b_dims - 1, f"the {what} bias")
+        b_dim = len(ctx.shape(bias)) - 1  # addmm may take a bias already broadcast to rows x features
+        b_atoms = _only(_tensor_map(ctx, bias), b_dim, f"the {what} bias")
     if w_out is None:
         if b_atoms is not None:
             ctx.pin(b_atoms, "bias of an untracked output")
         return cmap.without(last)
     if bias is not None:
         _meet(ctx, w_out, b_atoms, f"the {what} bias")
-        _claim(ctx, bias, len(ctx.shape(bias)) - 1, b_atoms, Role.BIAS)
+        _claim(ctx, bias, b_dim, b_atoms, Role.BIAS)
     return cmap.without(last).with_block(Block((last,), w_out))
 
 

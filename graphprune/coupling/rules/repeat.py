@@ -27,7 +27,7 @@ import torch.fx
 from ..channels import Block, ChannelMap, LayoutError
 from ..registry import Registry
 from ._common import arg, input_arg, keep_whole
-from .shapes import DerivedSize, SizeOf
+from .shapes import keep_count
 
 __all__ = ["RULES"]
 
@@ -46,9 +46,7 @@ def repeat_interleave(ctx, node):
         if cmap:
             raise LayoutError("repeat_interleave(counts) of a tensor that carries channels")
         return ChannelMap()
-    marker = ctx.channels(repeats) if isinstance(repeats, torch.fx.Node) else None
-    if isinstance(marker, SizeOf):  # pruned, the count would change with them
-        ctx.pin(marker.atoms, "a repeat count read from a channel dim's size")
+    keep_count(ctx, repeats, "a repeat count read from a channel dim's size")  # pruned, it would change with them
     if not cmap:
         return ChannelMap()
     dim = arg(node, 2, "dim")
@@ -91,9 +89,7 @@ def repeat(ctx, node):
     for block in cmap.blocks:
         counts = []
         for d in block.dims:
-            marker = ctx.channels(reps[d + offset]) if isinstance(reps[d + offset], torch.fx.Node) else None
-            if isinstance(marker, (SizeOf, DerivedSize)):  # SAM2 tiles by H // window: that window size stays
-                ctx.pin(marker.atoms, "a repeat count computed from a channel count")
+            keep_count(ctx, reps[d + offset], "a repeat count computed from a channel count")  # SAM2's H // window
             counts.append(out_shape[d + offset] // shape[d])
         blocks.append(Block(tuple(d + offset for d in block.dims), np.tile(block.atoms, counts)))
     return ChannelMap(tuple(blocks))

@@ -15,7 +15,7 @@ from ..channels import Block, ChannelMap, LayoutError, reshape_channels, reshape
 from ..registry import Registry
 from ._common import arg, arg_path, fix_untracked_dims, input_arg, join_along, keep_whole, op_name, pass_through, project
 
-__all__ = ["RULES", "index_channels", "slice_block"]
+__all__ = ["RULES", "index_channels", "index_along", "keep_count", "slice_block"]
 
 RULES = Registry()
 
@@ -55,9 +55,7 @@ def reshape(ctx, node):
     if not cmap:
         _tie_run_time_sizes(ctx, node, ChannelMap())
         return ChannelMap()
-    cmap = _rows_across_groups(ctx, cmap, ctx.shape(x), ctx.shape(node))
-    out, changed, pinned = reshape_channels(cmap, ctx.shape(x), ctx.shape(node))
-    ctx.pin(pinned, "channel folded into an untracked dim")
+    out, changed = _viewed(ctx, cmap, ctx.shape(x), ctx.shape(node))
     sizes, prefix = _size_args(node)
     if len(sizes) != len(ctx.shape(node)):  # the shape is one value built at run time (x.size()[:-1] + (h, d))
         if changed:
@@ -77,6 +75,15 @@ def reshape(ctx, node):
         if len(block.dims) > 1 and any(not isinstance(sizes[d], int) for d in block.dims):
             _keep_grid(ctx, block)
     return out
+
+
+def _viewed(ctx, cmap: ChannelMap, in_shape, out_shape) -> tuple[ChannelMap, list[int]]:
+    """Channels through a view of ``in_shape`` as ``out_shape``, and the output dims whose size they set; a
+    channel folded into an untracked dim is pinned."""
+    cmap = _rows_across_groups(ctx, cmap, in_shape, out_shape)
+    out, changed, pinned = reshape_channels(cmap, in_shape, out_shape)
+    ctx.pin(pinned, "channel folded into an untracked dim")
+    return out, changed
 
 
 def _rows_across_groups(ctx, cmap: ChannelMap, in_shape, out_shape) -> ChannelMap:
@@ -168,17 +175,6 @@ def tensor_attribute(ctx, node):
     if ctx.shape(node) is None and node.args[1] in _METADATA:
         return None
     raise LayoutError(f"tensor attribute .{node.args[1]} is not supported")
-
-
-def _expand_index(index, ndim: int) -> list[tuple[object, int | None]]:
-    """Each index item with its position in the user's index (None for the ``:`` an Ellipsis or a short index stands for)."""
-    items = list(enumerate(index)) if isinstance(index, tuple) else [(0, index)]
-    if any(i is Ellipsis for _, i in items):
-        at = next(k for k, (_, i) in enumerate(items) if i is Ellipsis)
-        used = sum(1 for _, i in items if i is not None and i is not Ellipsis)
-        items = items[:at] + [(None, slice(None))] * (ndim - used) + items[at + 1:]
-    used = sum(1 for _, i in items if i is not None)
-    return items + [(None, slice(None))] * (ndim - used)
 
 
 @RULES.function(operator.getitem)
@@ -317,10 +313,15 @@ def _select(ctx, block: Block, dim: int, index: int, size: int) -> Block | None:
 def index_select(ctx, node):
     """``x.index_select(dim, idx)``: ``x[:, idx]`` along ``dim`` (see :func:`index_channels`)."""
     x = input_arg(node)
+    dim = int(arg(node, 1, "dim")) % len(ctx.shape(x))
+    return index_along(ctx, node, x, [slice(None)] * dim + [arg(node, 2, "index")])
+
+
+def index_along(ctx, node, x, items: list) -> ChannelMap:
+    """:func:`index_channels` for a node that indexes ``x`` with ``items`` and no bounds to rewrite (a gather, an
+    int, the whole-dim slices before them)."""
     shape = ctx.shape(x)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(shape))
-    dim = int(arg(node, 1, "dim")) % len(shape)
-    items = [slice(None)] * dim + [arg(node, 2, "index")]
     return index_channels(ctx, cmap, shape, items, [None] * len(items), ctx.shape(node))
 
 
@@ -504,9 +505,7 @@ def like(ctx, node):
     in_shape, out_shape = ctx.shape(x), ctx.shape(y)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(in_shape))
     theirs = (ctx.channels(y) or ChannelMap()).normalized(len(out_shape))
-    cmap = _rows_across_groups(ctx, cmap, in_shape, out_shape)
-    out, _, pinned = reshape_channels(cmap, in_shape, out_shape)
-    ctx.pin(pinned, "channel folded into an untracked dim")
+    out, _ = _viewed(ctx, cmap, in_shape, out_shape)
     for block in out.blocks:
         other = theirs.block_at(block.dims[0])
         if other is None:
@@ -670,10 +669,16 @@ def fresh_tensor(ctx, node):
     """``x.new_full(size, value)`` and the like: a new tensor that takes only ``x``'s dtype and device, so none of
     ``x``'s channels reach it (YOLO's anchor strides). A size read from a channel dim pins those channels."""
     for value in _flat(list(node.args[1:]) + list(node.kwargs.values())):
-        marker = ctx.channels(value) if isinstance(value, torch.fx.Node) else None
-        if isinstance(marker, (SizeOf, DerivedSize)):
-            ctx.pin(marker.atoms, "a new tensor sized by a channel dim")
+        keep_count(ctx, value, "a new tensor sized by a channel dim")
     return ChannelMap()
+
+
+def keep_count(ctx, value, reason: str) -> None:
+    """``value`` is used as a fixed number (a size, a padding, a repeat count): if it was read from channel counts
+    (a :class:`SizeOf` or :class:`DerivedSize`), those channels are pinned so that it keeps its value."""
+    marker = ctx.channels(value) if isinstance(value, torch.fx.Node) else None
+    if isinstance(marker, (SizeOf, DerivedSize)):
+        ctx.pin(marker.atoms, reason)
 
 
 def _flat(values) -> list:
