@@ -8,6 +8,7 @@ unchanged. The result records the plans that made it (:mod:`.provenance`).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ import torch.fx
 from torch import nn
 
 from ..base.checks import check_flag, check_model
-from ..base.errors import InputError, PlanError, RewriteError, TraceError
+from ..base.errors import InputError, PlanError, RewriteError, RewriteWarning, TraceError
 from ..base.running import device_of
 from ..capture.export import trace_export
 from ..capture.fx import trace_fx
@@ -25,6 +26,7 @@ from ..capture.shapes import run_shapes
 from ..coupling import Registry, Scope, as_scope
 from ..planning import GraphEdit, Plan, TensorEdit, model_signature
 from .clone import clone_model
+from .config import has_config, refit_config
 from .exported import choose_result, exported_graph_module
 from .provenance import plans_of, record_plan
 
@@ -219,6 +221,15 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scop
     else:
         result = gm if gm is not None else target
     _check_outputs(result, plan, inputs, diverged=own_forward)
+    if result is target and has_config(target):
+        why = refit_config(model, target, inputs)
+        if why is not None:
+            warnings.warn(
+                f"{type(target).__name__}.config cannot describe the shrunk widths, so save_pretrained / "
+                f"from_pretrained would rebuild other ones: {why}. Save it with graphprune.save(model, path, "
+                "base='package.module:factory'), which replays the plan on the unpruned model, or plan the same "
+                "count for every layer (a ratio budget, or Budget(..., allocation='uniform')).",
+                RewriteWarning, stacklevel=3)
     record_plan(result, plan, previous=previous)
     return result
 

@@ -11,6 +11,7 @@ returned, with a :class:`~graphprune.RewriteWarning` that names the lines whose 
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any
 
@@ -26,6 +27,7 @@ from .difference import relative_difference
 __all__ = ["exported_graph_module", "choose_result", "width_attributes"]
 
 AGREE = 1e-5  # float32 round-off between two evaluations of one function in a different order
+MAX_CHOICES = 16  # ways to set ambiguous width attributes, each checked by running the model
 
 
 def exported_graph_module(root: nn.Module, exported: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -67,18 +69,20 @@ def choose_result(candidate: nn.Module, graph: torch.fx.GraphModule, plan: Plan,
 
     When they disagree, the ``int`` attributes that held a rewritten width (``self.c`` in ``split((self.c,
     self.c), 1)``, found on the modules the dense ``source`` graph's edited nodes ran in) are set to the new
-    widths, and the class is tried again.
+    widths, and the class is tried again, once per way of setting them (:func:`width_attributes`).
     """
     sample = plan.example_inputs(next((t.device for t in candidate.parameters()), "cpu"), random=True) or inputs
     why = _disagreement(candidate, graph, sample)
     if why is None:
         return candidate
-    updates = width_attributes(candidate, source, plan) if source is not None else {}
-    if updates:
+    for updates in width_attributes(candidate, source, plan) if source is not None else []:
+        old = {(path, attr): getattr(candidate.get_submodule(path), attr) for path, attr in updates}
         for (path, attr), value in updates.items():
             setattr(candidate.get_submodule(path), attr, value)
         if _disagreement(candidate, graph, sample) is None:
             return candidate
+        for (path, attr), value in old.items():
+            setattr(candidate.get_submodule(path), attr, value)
     lines = sorted({_user_line(n) for n in graph.graph.nodes
                     if n.name in {e.node for e in plan.graph_edits} and _user_line(n)})
     where = (" The rewritten graph changed widths written in " + "; ".join(lines[:3])
@@ -107,16 +111,20 @@ def _disagreement(candidate: nn.Module, graph: torch.fx.GraphModule, sample: Any
     return None
 
 
-def width_attributes(root: nn.Module, source: torch.fx.GraphModule, plan: Plan) -> dict[tuple[str, str], int]:
-    """``(module path, attribute) -> new value`` for the ``int`` attributes that held widths the plan rewrote.
+def width_attributes(root: nn.Module, source: torch.fx.GraphModule, plan: Plan) -> list[dict[tuple[str, str], int]]:
+    """Ways to set the ``int`` attributes that held widths the plan rewrote: ``(module path, attribute) -> new
+    value`` dicts, likeliest first.
 
     An edited node of the dense exported ``source`` ran in the forward of the innermost module of its
-    ``nn_module_stack``; if that module holds exactly one ``int`` attribute equal to the edit's old value, the
-    attribute held that width. Modules further out are not searched: their ints (a head's class count) are other
-    numbers that happen to match. An attribute two edits would give different values is left alone.
+    ``nn_module_stack``; an ``int`` attribute of that module equal to the edit's old value may have held that
+    width. Modules further out are not searched: their ints (a head's class count) are other numbers that happen
+    to match. An attribute two edits would give different values is left alone. Where one attribute matches, it
+    is set in every choice; where several do (GPT-2's attention holds ``embed_dim`` and ``split_size``, both 32;
+    its ``Conv1D`` output projection ``nf`` and ``nx``), the choices set one of them, the same one in every module
+    of a class (layers repeat), or all of them. The caller keeps the first choice that its check accepts.
     """
     nodes = {n.name: n for n in source.graph.nodes}
-    found: dict[tuple[str, str], set[int]] = {}
+    found: dict[tuple[str, tuple[str, ...]], set[int]] = {}
     for edit in plan.graph_edits:
         node = nodes.get(edit.node)
         stack = node.meta.get("nn_module_stack") if node is not None else None
@@ -127,10 +135,24 @@ def width_attributes(root: nn.Module, source: torch.fx.GraphModule, plan: Plan) 
             module = root.get_submodule(path)
         except AttributeError:
             continue
-        names = [a for a, v in vars(module).items() if type(v) is int and v == edit.old and not a.startswith("_")]
-        if len(names) == 1:
-            found.setdefault((path, names[0]), set()).add(edit.new)
-    return {key: next(iter(values)) for key, values in found.items() if len(values) == 1}
+        names = tuple(a for a, v in vars(module).items() if type(v) is int and v == edit.old and not a.startswith("_"))
+        if names:
+            found.setdefault((path, names), set()).add(edit.new)
+    found = {key: values for key, values in found.items() if len(values) == 1}
+    sure = {(path, names[0]): next(iter(v)) for (path, names), v in found.items() if len(names) == 1}
+    options: dict[tuple[type, tuple[str, ...]], list[tuple[str, ...]]] = {}
+    for path, names in (key for key in found if len(key[1]) > 1):
+        options[(type(root.get_submodule(path)), names)] = [(name,) for name in names] + [names]
+    choices = []
+    for picks in itertools.islice(itertools.product(*options.values()), MAX_CHOICES):
+        chosen = dict(zip(options, picks))
+        choice = dict(sure)
+        for (path, names), values in found.items():
+            if len(names) > 1:
+                for name in chosen[(type(root.get_submodule(path)), names)]:
+                    choice[(path, name)] = next(iter(values))
+        choices.append(choice)
+    return [c for c in choices if c]
 
 
 def _user_line(node: torch.fx.Node) -> str | None:

@@ -220,14 +220,14 @@ def test_plans_are_deterministic_and_replay_through_json_save_and_load(tmp_path)
         torch.testing.assert_close(loaded(x), shrunk(x), rtol=0, atol=0)
 
 
-def test_int_attribute_split_returns_the_rewritten_graph_with_a_warning_naming_the_line(tmp_path):
+def test_tuple_attribute_split_returns_the_rewritten_graph_with_a_warning_naming_the_line(tmp_path):
     torch.manual_seed(0)
-    model, x = IntSplit().eval(), torch.randn(2, 3, 8, 8)
+    model, x = TupleSplit().eval(), torch.randn(2, 3, 8, 8)
     with pytest.warns(graphprune.RewriteWarning) as record:
         shrunk = graphprune.shrink(model, 0.5, example_inputs=x)
     text = str(record[0].message)
-    assert "torch.fx.GraphModule" in text and "IntSplit" in text
-    assert "torch.split(self.conv(x), (self.a, self.b), 1)" in text and "resizer" in text
+    assert "torch.fx.GraphModule" in text and "TupleSplit" in text
+    assert "torch.split(self.conv(x), self.sizes, 1)" in text and "resizer" in text
     assert isinstance(shrunk, torch.fx.GraphModule)
     plan = graphprune.plans_of(shrunk)[-1]
     assert graphprune.verify(model, plan, shrunk, x) <= 1e-5
@@ -237,12 +237,43 @@ def test_int_attribute_split_returns_the_rewritten_graph_with_a_warning_naming_t
         shrunk(y)
     y = torch.randn(2, 3, 8, 8)
     assert graphprune.count_params(shrunk) < graphprune.count_params(model)
-    graphprune.save(shrunk, tmp_path / "m", base="tests.capture.test_export:IntSplit")
+    graphprune.save(shrunk, tmp_path / "m", base="tests.capture.test_export:TupleSplit")
     with pytest.warns(graphprune.RewriteWarning):  # the plan is replayed on the export path: the same graph again
         loaded = graphprune.load(tmp_path / "m")
     assert isinstance(loaded, torch.fx.GraphModule)
     with torch.no_grad():
         torch.testing.assert_close(loaded(y), shrunk(y), rtol=0, atol=0)
+
+
+class TupleSplit(nn.Module):
+    """Splits by a tuple attribute: no resizer knows it, and only ``int`` attributes are searched for widths."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.sizes = (c, c)
+        self.conv = nn.Conv2d(3, 2 * c, 3, padding=1)
+        self.left = nn.Conv2d(c, 4, 1)
+        self.right = nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        a, b = torch.split(self.conv(x), self.sizes, 1)
+        y = self.left(a) + self.right(b)
+        return F.max_pool2d(y, 2) if y.shape[-1] >= 4 else y  # so that only torch.export captures it
+
+
+def test_two_int_attributes_holding_one_width_are_both_set_when_that_computes_the_same():
+    """``a`` and ``b`` both hold 8, the width both pieces had: setting the one the split's edit changed is
+    ambiguous, so the rewrite tries each and both, and keeps the class once one computes what the graph does."""
+    torch.manual_seed(0)
+    model, x = IntSplit().eval(), torch.randn(2, 3, 8, 8)
+    plan = graphprune.plan(model, 0.5, example_inputs=x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shrunk = graphprune.apply(model, plan)
+    assert type(shrunk) is IntSplit  # the ratio leaves both pieces 4 of 8, which both attributes can say
+    assert (shrunk.a, shrunk.b) == (4, 4) == (shrunk.left.in_channels, shrunk.right.in_channels) and model.a == 8
+    assert not [w for w in caught if issubclass(w.category, graphprune.RewriteWarning)]
+    assert graphprune.verify(model, plan, shrunk, x) <= 1e-5
 
 
 class OneIntSplit(nn.Module):

@@ -5,8 +5,11 @@ LayerNorms normalise over them) and the ``exact_only`` plan (MLP hidden widths o
 parameter counts and :func:`graphprune.verdict` of each. Random weights; the norms' affine
 parameters and the zero-initialised heads are re-drawn so that a slicing mistake would show.
 
-    python benchmarks/transformers.py                  # all 15 (vit_h_14 and the video models are slow)
-    python benchmarks/transformers.py vit_b_16 swin_t  # a few
+    python benchmarks/vision_transformers.py                  # all 15 (vit_h_14 and the video models are slow)
+    python benchmarks/vision_transformers.py vit_b_16 swin_t  # a few
+
+Hugging Face transformers models (Llama with GQA, Qwen2, Mistral, GPT-2, BERT, ViT) have their own table:
+``python benchmarks/hf_transformers.py`` (a script named transformers.py here would shadow the ``transformers`` package).
 """
 
 from __future__ import annotations

@@ -1,0 +1,124 @@
+"""Tiny random transformers 5 models (Llama with GQA, Qwen2, Mistral, GPT-2, BERT, ViT), captured by torch.export.
+
+Whole attention heads (with their GQA groups) and MLP widths shrink exactly, the model stays its transformers class,
+and the original is untouched. Where the stock config can describe the new widths, the rewrite updates it, so
+``save_pretrained`` / ``from_pretrained`` round-trip; where it cannot (BERT and GPT-2 derive the head size from the
+hidden size, so a model that lost heads but kept its hidden size has no stock config), the rewrite says so and
+``graphprune.save`` / ``load`` round-trip instead.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+import graphprune
+
+from ..helpers import fingerprint
+
+transformers = pytest.importorskip("transformers")
+
+
+def _build(name):
+    from examples.hf_models import build
+
+    return build(name, "tiny")
+
+
+def _out(model, x):
+    with torch.no_grad():
+        out = model(*x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+NAMES = ["llama", "qwen2", "mistral", "gpt2", "bert", "vit"]  # examples.hf_models.FAMILIES
+DESCRIBED = {"llama", "qwen2", "mistral", "vit"}  # their stock config can say "fewer heads, same head size"
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def shrunk(request):
+    model, x = _build(request.param)
+    before, config_before = fingerprint(model), _fields(model.config)
+    plan = graphprune.plan(model, graphprune.Budget(0.5, exact_only=True), example_inputs=x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = graphprune.apply(model, plan)
+    said = [str(w.message) for w in caught if issubclass(w.category, graphprune.RewriteWarning)]
+    assert fingerprint(model) == before and _fields(model.config) == config_before
+    return request.param, model, x, plan, small, said
+
+
+def test_heads_and_mlp_widths_shrink_exactly_and_the_class_is_kept(shrunk):
+    name, model, x, plan, small, _ = shrunk
+    assert plan.capture == "export" and plan.exact
+    assert type(small) is type(model)
+    assert graphprune.count_params(small) < 0.8 * graphprune.count_params(model)
+    assert graphprune.verify(model, plan, small, x) <= 1e-4
+    if name != "vit":  # another batch and length
+        assert graphprune.verify(model, plan, small, (torch.randint(0, 64, (2, 5)),)) <= 1e-4
+
+
+def test_config_describes_the_shrunk_model_or_the_rewrite_says_it_cannot(shrunk, tmp_path):
+    name, model, x, plan, small, said = shrunk
+    if name in DESCRIBED:
+        assert not said
+        reloaded = type(small).from_pretrained(_saved(small, tmp_path)).eval()
+        assert torch.equal(_out(reloaded, x), _out(small, x))
+        assert _fields(reloaded.config) == _fields(small.config)
+    else:
+        assert len(said) == 1 and "config cannot describe the shrunk widths" in said[0]
+        assert "graphprune.save" in said[0]
+        assert _fields(small.config) == _fields(model.config)  # left as it was, not half-updated
+        graphprune.save(small, tmp_path / "gp", base="examples.hf_models:model", base_kwargs={"name": name})
+        again = graphprune.load(tmp_path / "gp").eval()
+        assert type(again) is type(model) and torch.equal(_out(again, x), _out(small, x))
+
+
+def _fields(config):
+    return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}  # where it was last saved
+
+
+def _saved(model, path):
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral"])
+def test_decoder_config_counts_heads_and_kv_groups(name):
+    model, x = _build(name)
+    small = graphprune.shrink(model, graphprune.Budget(0.5, exact_only=True), example_inputs=x)
+    config = small.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.intermediate_size) \
+        == (2, 1, 8, 32)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
+    for layer in small.model.layers:
+        attention = layer.self_attn
+        assert attention.q_proj.out_features == 16 and attention.k_proj.out_features == 8
+        assert attention.num_key_value_groups == 2 and attention.head_dim == 8
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral", "gpt2"])
+@pytest.mark.parametrize("use_cache", [False, True], ids=["no-cache", "kv-cache"])
+def test_generate_gives_the_masked_originals_tokens(name, use_cache):
+    model, x = _build(name)
+    plan = graphprune.plan(model, graphprune.Budget(0.5, exact_only=True), example_inputs=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", graphprune.RewriteWarning)  # GPT-2's config: the test above
+        small = graphprune.apply(model, plan)
+    masked = graphprune.mask(model, plan)
+    with torch.no_grad():
+        mine = small.generate(x[0], max_new_tokens=8, do_sample=False, use_cache=use_cache)
+        theirs = masked.generate(x[0], max_new_tokens=8, do_sample=False, use_cache=use_cache)
+    assert mine.shape == (1, 16) and torch.equal(mine, theirs)
+
+
+def test_gpt2_hidden_size_plan_is_reported_not_exact_and_its_config_follows():
+    model, x = _build("gpt2")
+    plan = graphprune.plan(model, 0.5, example_inputs=x)
+    assert not plan.exact and any("LayerNorm" in r for r in plan.inexact)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", graphprune.RewriteWarning)  # its config can describe this one
+        small = graphprune.apply(model, plan)
+    assert not graphprune.verdict(model, plan, small, x).exact
+    assert (small.config.n_embd, small.config.n_head) == (16, 2) and model.config.n_embd == 32
+    assert small.transformer.wte.weight.shape == (64, 16) and small.lm_head.weight is small.transformer.wte.weight
