@@ -97,7 +97,7 @@ def _plot(losses: list[float], before: float, after: float, path: Path) -> None:
     ax.axhline(after, ls=":", c="k", lw=1, label=f"held-out, distilled: {after:.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel("distillation loss (T² · KL)")
-    ax.set_title("Llama, half its heads and MLP pruned, distilled from the dense model")
+    ax.set_title("Llama with half its heads and MLP, distilled from the dense model", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{c.num_key_value_heads}", mlp=f"{d.intermediate_size} → {c.intermediate_size}",
         steps=args.steps, batch=args.batch, length=args.length, lr=args.lr, T=args.T, seconds=seconds,
         kl_before=before[0], kl_after=after[0], top1_before=before[1], top1_after=after[1],
+        train_end=sum(losses[-20:]) / len(losses[-20:]),
         same="bit-identical" if same else "NOT equal"))
 
 
@@ -190,10 +191,12 @@ dense model's own samples, so nothing is downloaded.
 3. **Keep it.** `save_pretrained` → `from_pretrained` gives back a `LlamaForCausalLM` with the pruned widths;
    its outputs are {same} to the distilled model's, and it generates.
 
-The held-out set is 32 sequences the dense model sampled from other prompts than the training text. A random
-model's distribution has little structure, so these numbers say that the loop works and how far the pruned
-model starts from its teacher, not how a real LLM recovers; with a real checkpoint the same code runs on real
-text (`python examples/llm_distill.py` shows every step).
+The held-out set is 32 sequences the dense model sampled from other prompts than the training text. The training
+loss ends at {train_end:.3f} (mean of the last 20 steps) while the held-out loss ends at {kl_after:.3f}: 256
+training sequences are partly memorised, and more generated text would close that gap. A random model's
+next-token distribution is nearly flat over its 2,048 tokens, so top-1 agreement is low even for the dense
+model's own samples; these numbers say that the loop works and how far the pruned model starts from its
+teacher, not how a real LLM recovers. With a real checkpoint the same code runs on real text.
 """
 
 
