@@ -15,12 +15,14 @@ builds a model whose tensors have exactly the shrunk model's shapes, changing th
    allocated;
 3. explicit fields the result does not need are dropped again, and the modules' ``int`` attributes that the
    new config would build differently (``num_key_value_groups``, ``head_dim``) are set to its values;
-4. postcondition: the model, now reading the new config, computes what it computed before, and so does the model
-   the config builds once given the shrunk tensors (a reload, in memory). If not, the next config the search
-   found is tried (``head_dim`` 8 → 4 builds the shapes ``num_attention_heads`` 4 → 2 does), then each with one
-   more field that no shape depends on changed. If no config builds the shrunk shapes (layers kept different
-   counts, or the config derives a head size from the hidden size), or none computes the same, the config is
-   left as it was and the caller is told why.
+4. the configs found, and each with one more field that no shape depends on changed, are ordered by how many of
+   the ``int`` attributes the shrunk forward reads (each found by setting it one past its value and running the
+   model) their model would hold other values of: with random weights attention is almost uniform, and the
+   outputs cannot tell 4 heads of 4 from 2 heads of 8, but ``attention_head_size`` can;
+5. postcondition: the model, now reading the new config, computes what it computed before, and so does the model
+   the config builds once given the shrunk tensors (a reload, in memory). If not, the next config is tried. If
+   no config builds the shrunk shapes (layers kept different counts, or the config derives a head size from the
+   hidden size), or none computes the same, the config is left as it was and the caller is told why.
 
 The user's model is never touched: the shrunk model's config is its own copy.
 """
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -70,11 +71,14 @@ def refit_config(dense: nn.Module, shrunk: nn.Module, sample: Any) -> str | None
     failure = None
     cls = type(shrunk)
     candidates = [_drop_unneeded(cls, found, config, want) for found in _search(cls, trial, want, scales)]
-    candidates.sort(key=lambda c: _departures(cls, c, shrunk))
-    # A field no tensor's shape depends on (GPT-2's n_head, once n_embd and the heads both halved) can only be
-    # told by running the model: then try each found config with one such field changed too.
-    neutral = (v for c in candidates for v in _neutral_variants(cls, c, want, scales))
-    for found in itertools.islice(itertools.chain(candidates, neutral), MAX_CANDIDATES):
+    # A field no tensor's shape depends on (GPT-2's n_head, once n_embd and the heads both halved) is told by the
+    # model's own counts: each found config is also tried with one such field changed, and configs whose model
+    # would hold other values than the shrunk one in the attributes its forward reads go last. The outputs alone
+    # cannot always tell (random weights attend almost uniformly: 4 heads of 4 and 2 heads of 8 agree to 1e-6).
+    candidates += [v for c in candidates[:2] for v in _neutral_variants(cls, c, want, scales)]
+    read = _read_attributes(shrunk, before, sample)
+    candidates.sort(key=lambda c: (_departures(cls, c, shrunk, read), _departures(cls, c, shrunk)))
+    for found in candidates[:MAX_CANDIDATES]:
         failure = _adopt(shrunk, found, before, sample)
         if failure is None:
             return None
@@ -249,10 +253,41 @@ def _neutral_variants(cls: type, config: Any, want: dict[str, tuple[int, ...]],
                     yield trial
 
 
-def _departures(cls: type, config: Any, shrunk: nn.Module) -> int:
-    """How many module ``int`` attributes the model ``config`` builds would hold other values than ``shrunk``'s,
-    whose forward is the proven one: the fewer, the likelier the config is that model."""
-    return len(_module_attributes(cls, config, shrunk))
+def _departures(cls: type, config: Any, shrunk: nn.Module, among: set[tuple[type, str]] | None = None) -> int:
+    """How many module ``int`` attributes (of the ``(class, name)`` pairs ``among``, or all) the model ``config``
+    builds would hold other values than ``shrunk``'s, whose forward is the proven one: the fewer, the likelier
+    the config is that model."""
+    mine = dict(shrunk.named_modules())
+    return sum(among is None or (type(mine[path]), name) in among
+               for path, name in _module_attributes(cls, config, shrunk))
+
+
+def _read_attributes(shrunk: nn.Module, before: Any, sample: Any) -> set[tuple[type, str]]:
+    """The ``(module class, int attribute)`` pairs ``shrunk``'s forward reads: set one past its value in every
+    module of the class, the forward fails or computes something else."""
+    pairs: dict[tuple[type, str], list[nn.Module]] = {}
+    for module in shrunk.modules():
+        if type(module).__module__.startswith("torch."):
+            continue
+        for name, value in vars(module).items():
+            if type(value) is int and not name.startswith("_"):
+                pairs.setdefault((type(module), name), []).append(module)
+    read = set()
+    for (cls, name), modules in pairs.items():
+        old = [getattr(m, name) for m in modules]
+        for m, v in zip(modules, old):
+            setattr(m, name, v + 1)
+        try:
+            with torch.no_grad(), eval_mode(shrunk):
+                changed = relative_difference(before, call_model(shrunk, sample)) > AGREE
+        except Exception:  # noqa: BLE001 - a forward that fails with another value reads it
+            changed = True
+        finally:
+            for m, v in zip(modules, old):
+                setattr(m, name, v)
+        if changed:
+            read.add((cls, name))
+    return read
 
 
 def _drop_unneeded(cls: type, found: Any, original: Any, want: dict[str, tuple[int, ...]]) -> Any:

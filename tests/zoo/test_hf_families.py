@@ -129,3 +129,29 @@ def test_hidden_size_plan_is_reported_not_exact_and_the_config_follows(name, rea
     assert small.get_input_embeddings().weight.shape == (64, 16)
     reloaded = type(small).from_pretrained(_saved(small, tmp_path)).eval()
     assert torch.equal(_out(reloaded, x), _out(small, x))
+
+
+@pytest.mark.parametrize("kind", ["bert", "vit"])
+def test_classifier_hidden_size_plan_gets_the_head_count_its_forward_reads(kind, tmp_path):
+    """hidden 32 -> 16 with heads 4 -> 2 builds the same shapes as hidden 16 with 4 heads of 4, and random
+    weights attend almost uniformly, so the outputs cannot tell them apart; the head size the attention's forward
+    reads (``attention_head_size`` 8) can, and the config says 2 heads."""
+    torch.manual_seed(0)
+    if kind == "bert":
+        config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, max_position_embeddings=64, num_labels=3)
+        model, x = transformers.BertForSequenceClassification(config).eval(), (torch.randint(0, 64, (1, 8)),)
+    else:
+        config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=64, num_labels=3)
+        model, x = transformers.ViTForImageClassification(config).eval(), (torch.randn(1, 3, 32, 32),)
+    plan = graphprune.plan(model, 0.5, example_inputs=x)
+    assert not plan.exact and any("LayerNorm" in r for r in plan.inexact)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", graphprune.RewriteWarning)
+        small = graphprune.apply(model, plan)
+    assert (small.config.hidden_size, small.config.num_attention_heads) == (16, 2)
+    assert model.config.hidden_size == 32
+    reloaded = type(small).from_pretrained(_saved(small, tmp_path)).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(*x).logits, small(*x).logits)
