@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +53,7 @@ def _latency_fns(name: str, model, x, tokens: int):
 def _reloads_equal(model, x) -> bool:
     with tempfile.TemporaryDirectory() as path:
         model.save_pretrained(path)
-        again = type(model).from_pretrained(path).eval()
+        again = type(model).from_pretrained(path, local_files_only=True).eval()
     with torch.no_grad():
         a, b = model(*x), again(*x)
     key = "logits" if hasattr(a, "logits") else "last_hidden_state"
@@ -134,17 +133,10 @@ def tp_child(name: str, ratio: float, mem_gb: float) -> dict:
 
 
 def _run_tp(name: str, args) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, __file__, "--tp-child", name, "--ratio", str(args.ratio), "--tp-mem-gb", str(args.tp_mem_gb)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.tp_timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "error": f"no result after {args.tp_timeout:.0f} s (stopped)"}
-    for line in proc.stdout.splitlines():
-        if line.startswith("ROW "):
-            return json.loads(line[4:])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"status": "error", "error": f"exit {proc.returncode}: {tail}"[:200]}
+    from child_row import run_child
+
+    return run_child(__file__, ["--tp-child", name, "--ratio", str(args.ratio), "--tp-mem-gb", str(args.tp_mem_gb)],
+                     args.tp_timeout)
 
 
 def _tp_cell(tp: dict | None) -> str:
@@ -237,7 +229,9 @@ def main() -> None:
     parser.add_argument("--tp-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tp_child:
-        print("ROW " + json.dumps(tp_child(args.tp_child, args.ratio, args.tp_mem_gb)), flush=True)
+        from child_row import print_row
+
+        print_row(tp_child(args.tp_child, args.ratio, args.tp_mem_gb))
         return
     args.out = args.out if str(args.out) else None
     hf_main(args)

@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -123,18 +122,10 @@ def torch_pruning_child(name: str, size: int, ratio: float, mem_gb: float) -> di
 
 
 def _run_torch_pruning(name: str, size: int, ratio: float, timeout: float, mem_gb: float) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, __file__, "--tp-child", name, "--size", str(size), "--ratio", str(ratio),
-           "--tp-mem-gb", str(mem_gb)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "error": f"no result after {timeout:.0f} s (stopped)"}
-    for line in proc.stdout.splitlines():
-        if line.startswith("ROW "):
-            return json.loads(line[4:])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"status": "error", "error": f"exit {proc.returncode}: {tail}"[:300]}
+    from child_row import run_child
+
+    return run_child(__file__, ["--tp-child", name, "--size", str(size), "--ratio", str(ratio),
+                                "--tp-mem-gb", str(mem_gb)], timeout)
 
 
 # -- the parent ---------------------------------------------------------------------------------------------------
@@ -375,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.size = args.size or (160 if args.quick else 640)
     if args.tp_child:
-        print("ROW " + json.dumps(torch_pruning_child(args.tp_child, args.size, args.ratio, args.tp_mem_gb)), flush=True)
+        from child_row import print_row
+
+        print_row(torch_pruning_child(args.tp_child, args.size, args.ratio, args.tp_mem_gb))
         return
     min_run_time = args.min_run_time or (0.2 if args.quick else 1.0)
     out = args.out or (None if args.quick else ROOT / "docs" / "yolo.md")

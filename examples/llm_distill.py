@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as path:
         student.save_pretrained(path)
-        again = type(student).from_pretrained(path).eval()
+        again = type(student).from_pretrained(path, local_files_only=True).eval()
     with torch.no_grad():
         same = torch.equal(again(test[:2]).logits, student(test[:2]).logits)
         tokens = again.generate(test[:1, :8], max_new_tokens=8, do_sample=False, pad_token_id=0)

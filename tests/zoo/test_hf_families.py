@@ -62,7 +62,7 @@ def test_config_describes_the_shrunk_model_or_the_rewrite_says_it_cannot(shrunk,
     name, model, x, plan, small, said = shrunk
     if name in DESCRIBED:
         assert not said
-        reloaded = type(small).from_pretrained(_saved(small, tmp_path)).eval()
+        reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
         assert torch.equal(_out(reloaded, x), _out(small, x))
         assert _fields(reloaded.config) == _fields(small.config)
     else:
@@ -127,7 +127,7 @@ def test_hidden_size_plan_is_reported_not_exact_and_the_config_follows(name, rea
     hidden = "n_embd" if name == "gpt2" else "hidden_size"
     assert getattr(small.config, hidden) == 16 and getattr(model.config, hidden) == 32
     assert small.get_input_embeddings().weight.shape == (64, 16)
-    reloaded = type(small).from_pretrained(_saved(small, tmp_path)).eval()
+    reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
     assert torch.equal(_out(reloaded, x), _out(small, x))
 
 
@@ -152,6 +152,6 @@ def test_classifier_hidden_size_plan_gets_the_head_count_its_forward_reads(kind,
         small = graphprune.apply(model, plan)
     assert (small.config.hidden_size, small.config.num_attention_heads) == (16, 2)
     assert model.config.hidden_size == 32
-    reloaded = type(small).from_pretrained(_saved(small, tmp_path)).eval()
+    reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(*x).logits, small(*x).logits)
