@@ -205,7 +205,7 @@ def _run(net: FuzzNet, i: int, step: Step, xs: list) -> list:
     if op == "shift":
         return [x + getattr(net, f"p{i}")]
     if op == "reduce":
-        return [x.mean(step.get("dim"), keepdim=True)]
+        return [getattr(x, step.get("kind"))(step.get("dim"), keepdim=True)]
     if op == "fconv":
         return [F.conv2d(x, getattr(net, f"p{i}"), getattr(net, f"b{i}", None), step.get("stride"),
                          step.get("padding"), step.get("dilation"), step.get("groups"))]
@@ -347,10 +347,11 @@ def _map_step(draw, shapes: list[Shape], i: int, depth: int) -> tuple[Step, list
         return Step("linear_last", (i,), (("fin", w), ("fout", fout))), [(c, h, fout)]
     if op in ("scale", "shift"):
         return Step(op, (i,), (("c", c),)), [shapes[i]]
-    if op == "reduce":  # a mean over channels (refused) or over space (no rule either: refused)
+    if op == "reduce":  # over channels: consumed (a sum), inexact (a mean) or pinned (a max); over space: passed on
         dim = draw(st.sampled_from([1, (2, 3)]))
+        kind = draw(st.sampled_from(["mean", "sum", "amax"]))
         out = (1, h, w) if dim == 1 else (c, 1, 1)
-        return Step("reduce", (i,), (("dim", dim),)), [out]
+        return Step("reduce", (i,), (("dim", dim), ("kind", kind))), [out]
     # A nested submodule with its own steps; its last value is its output.
     steps, sub_shapes = draw(_body(shapes[i], depth + 1, max_steps=4, maps_only=True))
     return Step("block", (i,), (("steps", steps), ("out", len(sub_shapes) - 1))), [sub_shapes[-1]]

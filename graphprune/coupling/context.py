@@ -102,11 +102,13 @@ class RuleContext:
         self.spaces: list[_Space] = []
         self.n_atoms = 0
         self.joins: list[tuple[np.ndarray, np.ndarray]] = []
+        self._partners: dict[int, list[np.ndarray]] = defaultdict(list)  # first atom -> arrays joined to it
         self.pins: list[tuple[np.ndarray, str]] = []
         self.uses: dict[tuple[str, int], TensorUse] = {}
         self._by_first_atom: dict[int, list[tuple[str, int]]] = defaultdict(list)
         self.shape_edits: list[ShapeEdit] = []
         self.inexact: list[tuple[np.ndarray, str]] = []
+        self.zeros: dict[torch.fx.Node, bool] = {}  # which values are zero where channels go (rules/zeros.py)
 
     # -- reading ------------------------------------------------------------------
     def channels(self, arg: Any) -> ChannelMap | None:
@@ -142,6 +144,20 @@ class RuleContext:
         if a.shape != b.shape:
             raise LayoutError(f"cannot couple channel arrays of shapes {a.shape} and {b.shape}")
         self.joins.append((a.ravel(), b.ravel()))
+        if a.size:
+            self._partners[int(a.ravel()[0])].append(b.ravel())
+            self._partners[int(b.ravel()[0])].append(a.ravel())
+
+    def joined(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether ``a`` and ``b`` are the same atoms, or were joined index by index by one :meth:`join` (as a
+        functional norm joins its weight to its input's channels). Chains of joins are resolved only when the
+        walk ends (:func:`~graphprune.coupling.groups.form_groups`), so a False here may still be joined."""
+        a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+        if a.shape != b.shape:
+            return False
+        if np.array_equal(a, b):
+            return True
+        return bool(a.size) and any(np.array_equal(p, b) for p in self._partners.get(int(a[0]), ()))
 
     def pin(self, atoms: np.ndarray, reason: str) -> None:
         """Never prune these atoms (an interface, or an op whose result depends on every channel)."""
@@ -211,6 +227,10 @@ class RuleContext:
 
     def _is_ignored(self, tensor_name: str) -> bool:
         return any(prefix == "" or tensor_name.startswith(prefix + ".") for prefix in self._ignored)
+
+    def name_of(self, tensor: torch.Tensor) -> str | None:
+        """The canonical name of a parameter or buffer of the graph module (tied tensors have one)."""
+        return self._index.name_of.get(id(tensor))
 
     def tensor(self, name: str) -> torch.Tensor:
         return self._index.tensors[name]

@@ -280,26 +280,28 @@ def test_functional_layers_over_own_parameters_are_pruned_exactly():
 class ComputedWeight(nn.Module):
     """F.conv2d over a weight computed in the graph from a parameter (timm's weight standardisation)."""
 
-    def __init__(self, mix: bool):
+    def __init__(self, how: str):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.w = nn.Parameter(torch.randn(6, 8, 1, 1))
         self.head = nn.Conv2d(6, 2, 1)
-        self.mix = mix
+        self.how = how
 
     def forward(self, x):
-        # Scaled per filter, or by a sum over every filter, which removing one would change.
-        w = self.w * self.w.sum(0, keepdim=True) if self.mix else self.w * 2.0
+        # Scaled per filter; by a sum over every filter, which the removed (zeroed) filters leave as it is; or by
+        # a max over them, which they change.
+        w = {"scaled": lambda: self.w * 2.0, "summed": lambda: self.w * self.w.sum(0, keepdim=True),
+             "max": lambda: self.w * self.w.amax(0, keepdim=True)}[self.how]()
         return self.head(F.conv2d(torch.relu(self.conv(x)), w))
 
 
-@pytest.mark.parametrize("mix", [False, True])
-def test_functional_conv_over_a_computed_weight(mix):
+@pytest.mark.parametrize("how,filters", [("scaled", 3), ("summed", 3), ("max", 6)])
+def test_functional_conv_over_a_computed_weight(how, filters):
     """A weight computed filter by filter produces its output channels, so its parameter's rows go with them;
-    one whose filters are mixed keeps them all."""
-    plan, shrunk = shrink_exactly(ComputedWeight(mix))
+    one whose filters are mixed by a max keeps them all."""
+    plan, shrunk = shrink_exactly(ComputedWeight(how))
     assert shrunk.conv.out_channels == 4 and shrunk.w.shape[1] == 4  # input side pruned
-    assert shrunk.head.in_channels == shrunk.w.shape[0] == (6 if mix else 3)
+    assert shrunk.head.in_channels == shrunk.w.shape[0] == filters
 
 
 # -- modes, precisions, buffers, inputs ---------------------------------------------------------------------

@@ -166,8 +166,16 @@ class ChannelStatistics(nn.Module):
 @pytest.mark.parametrize("capture", CAPTURES)
 @pytest.mark.parametrize("how", ["var", "max"])
 def test_a_statistic_over_channels_keeps_them(how, capture):
+    """A max over channels pins them; a variance over channels that are zero where removed is pruned by default
+    and reported inexact, as a LayerNorm's are, and kept under ``exact_only``."""
     x = torch.randn(2, 3, 5, 5)
-    plan, shrunk = shrinks_exactly(ChannelStatistics(how), x, capture=capture)
+    coupling = graphprune.couple(ChannelStatistics(how), example_inputs=x, scope=graphprune.Scope(capture=capture))
+    (group,) = [g for g in coupling.groups if {"conv", "conv_bias"} & set(g.sources)]
+    if how == "max":
+        assert group.pinned.all()
+    else:
+        assert not group.pinned.any() and "counts them" in group.inexact[0]
+    plan, shrunk = shrinks_exactly(ChannelStatistics(how), x, graphprune.Budget(0.5, exact_only=True), capture=capture)
     assert shrunk.conv.out_channels == 8 and shrunk.mid.out_channels == 3
 
 

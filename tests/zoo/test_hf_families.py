@@ -112,11 +112,14 @@ def test_generate_gives_the_masked_originals_tokens(name, use_cache):
     assert mine.shape == (1, 16) and torch.equal(mine, theirs)
 
 
-@pytest.mark.parametrize("name,reason", [("gpt2", "LayerNorm normalises over removed channels")])
+COUNTED = "a mean over removed channels counts them"  # RMSNorm written out: x * rsqrt(x.pow(2).mean(-1) + eps)
+
+
+@pytest.mark.parametrize("name,reason", [("gpt2", "LayerNorm normalises over removed channels"), ("llama", COUNTED),
+                                         ("qwen2", COUNTED), ("mistral", COUNTED)])
 def test_hidden_size_plan_is_reported_not_exact_and_the_config_follows(name, reason, tmp_path):
-    """The default plan prunes the residual stream too: LayerNorm then normalises over fewer channels, which the
-    plan and the verdict say; the config still describes the result. (Llama, Qwen2 and Mistral write RMSNorm as
-    a mean of squares over channels, which still pins the stream.)"""
+    """The default plan prunes the residual stream too: LayerNorm, or RMSNorm's mean of squares, then runs over
+    fewer channels, which the plan and the verdict say; the config still describes the result."""
     model, x = _build(name)
     plan = graphprune.plan(model, 0.5, example_inputs=x)
     assert not plan.exact and any(reason in r for r in plan.inexact)

@@ -23,6 +23,7 @@ from ..channels import ChannelMap
 from ..registry import Registry
 from . import contractions, elementwise, functional, norms, rearrange, reductions, repeat, shapes
 from ._common import arg, arg_path, input_arg
+from .zeros import KEEPS_ZERO
 
 __all__ = ["RULES", "TWINS"]
 
@@ -93,12 +94,16 @@ TWINS: dict[object, object] = {
 }
 
 
-def _twin_rule(twin: object):
-    return _FAMILIES.method_rule(twin) if isinstance(twin, str) else _FAMILIES.function_rule(twin)
+def _twin_rule(twin: object, registry: Registry = _FAMILIES):
+    return registry.method_rule(twin) if isinstance(twin, str) else registry.function_rule(twin)
 
 
 for _op, _twin in TWINS.items():
     RULES.function(_op)(_twin_rule(_twin))
+    try:  # the zero-where-removed facts (.zeros) follow the same twins
+        KEEPS_ZERO.function(_op)(_twin_rule(_twin, KEEPS_ZERO))
+    except KeyError:
+        pass  # an op without a fact makes zero non-zero, which only costs pruning
 
 
 @RULES.function(aten.adaptive_max_pool1d, aten.adaptive_max_pool2d, aten.adaptive_max_pool3d,

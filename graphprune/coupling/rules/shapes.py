@@ -404,6 +404,10 @@ def split(ctx, node):
         # are 30 - r, 30 - r and 28 - r: what chunk and split compute from the pruned size.
         for piece in pieces[:-1]:
             ctx.pin(piece[last:], "the positions a shorter last piece lacks")
+        if last < sizes[0]:
+            # An emptied last piece would not be a piece at all (chunk(2) of 1 channel gives one tensor), and the
+            # pinned positions above do not stop the plan from removing every joined one.
+            ctx.pin(pieces[0][:1], "the shorter last piece keeps one position, so the count of pieces stays")
         for piece in pieces[1:]:
             ctx.join(pieces[0][:last], piece[:last])
         if not chunks:
@@ -495,12 +499,14 @@ def _join_same_dims(ctx, maps: list[ChannelMap], shapes) -> ChannelMap:
 def like(ctx, node):
     """``x.view_as(y)`` and friends: x takes y's shape, read from y at run time.
 
-    ``expand_as`` only broadcasts, so channels pass. ``view_as``/``reshape_as`` view x as y's shape (LeViT's
+    ``expand_as`` only broadcasts, so x's channels pass, and a size-1 dim of x broadcast over a channel dim of y
+    takes y's channels: its size is read from y at run time and every copy is the same (``F.normalize`` exported:
+    ``x / norm.clamp_min(eps).expand_as(x)``). ``view_as``/``reshape_as`` view x as y's shape (LeViT's
     ``bn(x.flatten(0, 1)).reshape_as(x)``): pruned, y's channel dims hold y's kept channels, so the viewed
     channels must be the same ones there (joined); a dim that carries channels on one side only is kept whole.
     """
     if op_name(node) == "expand_as":
-        return pass_through(ctx, node)
+        return _expanded_as(ctx, node)
     x, y = input_arg(node), arg(node, 1, "other")
     in_shape, out_shape = ctx.shape(x), ctx.shape(y)
     cmap = (ctx.channels(x) or ChannelMap()).normalized(len(in_shape))
@@ -518,6 +524,18 @@ def like(ctx, node):
         if out.block_at(other.dims[0]) is None:
             ctx.pin(other.atoms, "a view sized by a tensor's channels, over dims without channels")
     return out
+
+
+def _expanded_as(ctx, node) -> ChannelMap | None:
+    out = pass_through(ctx, node)
+    x, y = input_arg(node), arg(node, 1, "other")
+    in_shape, out_shape = ctx.shape(x), ctx.shape(node)
+    if out is None or in_shape is None:
+        return out
+    offset = len(out_shape) - len(in_shape)
+    broadcast = {d for d in range(len(out_shape)) if d < offset or (in_shape[d - offset] == 1 and out_shape[d] != 1)}
+    theirs = (ctx.channels(y) or ChannelMap()).normalized(len(out_shape))
+    return ChannelMap(out.blocks + tuple(b for b in theirs.blocks if set(b.dims) <= broadcast))
 
 
 @RULES.method("expand")
