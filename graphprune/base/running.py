@@ -37,6 +37,9 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """Evaluate in eval mode, then restore each submodule's own training flag."""
     flags = [(m, m.training) for module in modules for m in module.modules()]
+    if not any(training for _, training in flags):  # already in eval mode: nothing to set or restore
+        yield
+        return
     try:
         for module in modules:
             try:

@@ -34,6 +34,11 @@ class _Tracer(torch.fx.Tracer):
 
 _CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
+try:  # writes the graph's Python code only when something runs it or reads it: a third of a MobileNet's trace
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _LAZY
+except ImportError:  # pragma: no cover - a torch without it
+    _LAZY = torch.fx.GraphModule
+
 
 def _inherits_torch_forward(m: nn.Module) -> bool:
     """A user subclass of a torch.nn layer that keeps its forward (torchvision's ``Conv3DSimple``).
@@ -79,7 +84,7 @@ def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = (), *, stack_traces
     try:
         with attributes_kept(model):  # tracing stores tensor constants on the model: the graph module takes them
             graph = tracer.trace(model)
-            gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+            gm = _LAZY(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # FX raises TraceError, TypeError, NotImplementedError...
         # FX pushes each submodule it enters and does not pop on failure: the last one is the culprit.
         inside = [qualname for qualname, _ in tracer.module_stack.values() if qualname]

@@ -3,8 +3,8 @@
 Shapes are propagated by running the graph on stand-ins for its tensors, cheapest first:
 
 1. **meta tensors** (shape, dtype and strides, no storage): each module call runs the module's own forward
-   through ``torch.func.functional_call`` with meta stand-ins for its parameters and buffers, so nothing
-   of the model is copied and a large model costs about as much as a small one;
+   with meta stand-ins swapped in for its parameters and buffers (:func:`_standing_in`), so nothing of the
+   model is copied and a large model costs about as much as a small one;
 2. **fake tensors** (``FakeTensorMode``), where meta tensors cannot run a node: code that builds a CPU tensor
    and mixes it with the model's (``torch.arange(n) + x``), or a kernel with no meta implementation;
 3. **a real forward pass**, through a copy of the model in eval mode, only when a node's output shape depends
@@ -25,8 +25,9 @@ refuse one value per channel in train mode) and restored, and its tensors are on
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -39,8 +40,7 @@ from torch._subclasses.fake_tensor import (
     FakeTensorMode,
     UnsupportedOperatorException,
 )
-from torch.func import functional_call
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from ..base.errors import InputError
 from ..base.running import call_model, eval_mode
@@ -89,17 +89,15 @@ def run_shapes(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
     """The output tensors (stand-ins, in order) of ``model``'s own forward on ``inputs``, run as
     :func:`propagate_shapes` runs a graph: on meta tensors, else fake ones, else for real (no grad, eval mode).
     Raises the model's own error when none can run it."""
-    def outputs(convert: Convert | None, source: nn.Module) -> list[torch.Tensor]:
-        state = {} if convert is None else _state(source, convert, {})
+    def outputs(convert: Convert | None, source: nn.Module, mode: Any = contextlib.nullcontext()) -> list[torch.Tensor]:
         stand_ins = inputs if convert is None else pytree.tree_map_only(torch.Tensor, convert, inputs)
-        with torch.no_grad(), eval_mode(source):
-            result = functional_call(source, state, _as_args(stand_ins), _as_kwargs(stand_ins), tie_weights=False) if state else \
-                call_model(source, stand_ins)
+        tensors = contextlib.nullcontext() if convert is None else _standing_in(source, convert, {})
+        with torch.no_grad(), eval_mode(source), tensors, mode:  # the stand-ins are made outside the mode
+            result = call_model(source, stand_ins)
         return [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
 
     try:
-        with KnownShapes():
-            return outputs(_on_meta, model)
+        return outputs(_on_meta, model, KnownShapes())
     except Exception:  # noqa: BLE001 - meta tensors cannot run everything; fake tensors say why if they cannot either
         pass
     mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -120,18 +118,26 @@ def _as_kwargs(inputs: Any) -> dict[str, Any]:
     return dict(inputs) if isinstance(inputs, dict) else {}
 
 
-def _state(module: nn.Module, convert: Convert, cache: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A stand-in for every parameter and buffer of ``module`` by name (tied tensors share one)."""
-    if not module._modules:  # a leaf layer: its own tables, without walking a tree
-        named = [*module._parameters.items(), *module._buffers.items()]
-    else:
-        # Every module once (a module shared by several paths, as CoaT's MLPs are, by its first): functional_call
-        # swaps a tensor in per name and back in the same order, so a second name for one module's tensor would
-        # save the stand-in as the "original" and leave it in the model (hence tie_weights=False too, which would
-        # add those names back). A tensor tied between two modules is named by each of them.
-        named = [(f"{prefix}.{attr}" if prefix else attr, t) for prefix, m in module.named_modules()
-                 for attr, t in (*m._parameters.items(), *m._buffers.items())]
-    return {name: _stand_in(t, convert, cache) for name, t in named if t is not None}
+@contextlib.contextmanager
+def _standing_in(module: nn.Module, convert: Convert, cache: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Every parameter and buffer of ``module``'s tree replaced by its stand-in while the block runs, then put back.
+
+    What ``torch.func.functional_call`` does, without its names: each module's own tables are swapped entry by
+    entry, so a module reached by two paths is swapped once and a tensor tied between two modules gets one
+    stand-in in both (``cache`` is by tensor), and nothing is resolved by dotted name (a third of a MobileNet's
+    check was ``functional_call`` finding 300 tensors by name and back)."""
+    saved: list[tuple[dict, str, torch.Tensor]] = []
+    try:
+        for m in module.modules():
+            for table in (m._parameters, m._buffers):
+                for name, t in table.items():
+                    if t is not None:
+                        saved.append((table, name, t))
+                        table[name] = _stand_in(t, convert, cache)
+        yield
+    finally:
+        for table, name, t in reversed(saved):
+            table[name] = t
 
 
 def _stand_in(t: torch.Tensor, convert: Convert, cache: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -139,6 +145,19 @@ def _stand_in(t: torch.Tensor, convert: Convert, cache: dict[int, torch.Tensor])
     if out is None:
         out = cache[id(t)] = convert(t)
     return out
+
+
+_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
+
+
+def _tensor_metadata(t: torch.Tensor) -> TensorMetadata:
+    """``shape_prop``'s ``TensorMetadata`` of ``t``. For a dense meta tensor it is read here: the library's own
+    asks Python for each layout (15 us a node, a tenth of a MobileNet's propagation), this asks the tensor (the
+    same answers on 20,000 random shapes and layouts)."""
+    if t.is_meta and t.layout == torch.strided and not t.is_quantized:
+        layout = next((f for f in _FORMATS if t.is_contiguous(memory_format=f)), None)
+        return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), layout, False, {})
+    return _extract_tensor_metadata(t)
 
 
 class _NodeFailure(Exception):
@@ -173,7 +192,7 @@ class _ShapeInterpreter(torch.fx.Interpreter):
             nonlocal found
             if isinstance(obj, torch.Tensor):
                 found = True
-                return _extract_tensor_metadata(obj)
+                return _tensor_metadata(obj)
             return obj
 
         meta = torch.fx.node.map_aggregate(result, describe)
@@ -197,7 +216,8 @@ class _ShapeInterpreter(torch.fx.Interpreter):
             return module(*args, **kwargs)
         if self.convert is _on_meta and (answer := known_module_call(module, args, kwargs)) is not None:
             return answer
-        return functional_call(module, _state(module, self.convert, self.cache), tuple(args), dict(kwargs), tie_weights=False)
+        with _standing_in(module, self.convert, self.cache):
+            return module(*args, **kwargs)
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
         if self.convert is _on_meta and (answer := known_call(target, args, kwargs)) is not None:

@@ -99,6 +99,7 @@ class RuleContext:
         self.node: torch.fx.Node | None = None
         self._ignored = tuple(ignored)
         self._index = _TensorIndex(gm)
+        self._modules = dict(gm.named_modules(remove_duplicate=False))
         self.spaces: list[_Space] = []
         self.n_atoms = 0
         self.joins: list[tuple[np.ndarray, np.ndarray]] = []
@@ -128,7 +129,13 @@ class RuleContext:
 
     def module(self, node: torch.fx.Node | None = None) -> nn.Module:
         node = node or self.node
-        return self.gm.get_submodule(node.target)
+        return self.submodule(node.target)
+
+    def submodule(self, path: str) -> nn.Module:
+        """``gm.get_submodule(path)``, from a table made once: a graph asks for its modules thousands of times, and
+        each ``get_submodule`` walks the path through ``__getattr__``."""
+        module = self._modules.get(path)
+        return module if module is not None else self.gm.get_submodule(path)  # raises for a path that is not one
 
     # -- recording ----------------------------------------------------------------
     def new_channels(self, size: int) -> np.ndarray:
@@ -179,7 +186,7 @@ class RuleContext:
         """Record that ``owner.attr`` (a parameter or buffer) is indexed by ``atoms`` along ``dim``."""
         if atoms is None:
             return
-        tensor = getattr(self.gm.get_submodule(owner), attr, None)
+        tensor = getattr(self.submodule(owner), attr, None)
         if tensor is None:
             return
         name = self._index.name_of.get(id(tensor))

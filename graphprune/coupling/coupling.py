@@ -184,7 +184,7 @@ def _get_attr(ctx: RuleContext, node: torch.fx.Node, meta: Any) -> Any:
     if shape is None:
         return None
     owner, _, attr = node.target.rpartition(".")
-    module = ctx.gm.get_submodule(owner)
+    module = ctx.submodule(owner)
     if attr not in module._parameters and attr not in module._buffers:
         return ChannelMap()  # a plain tensor attribute (an export lifts it as a constant: ultralytics' stride)
     if attr not in module._parameters:
@@ -206,7 +206,7 @@ def _get_attr(ctx: RuleContext, node: torch.fx.Node, meta: Any) -> Any:
 
 
 def _run_rule(ctx: RuleContext, node: torch.fx.Node, registry: Registry, meta: Any) -> Any:
-    rule = registry.rule_for(node, ctx.gm)
+    rule = registry.rule_for_module(ctx.module(node)) if node.op == "call_module" else registry.rule_for(node, ctx.gm)
     tracked = any(_flatten_maps([n.meta.get(META_KEY) for n in node.all_input_nodes]))
     if rule is None:
         if not tracked:  # nothing prunable flows through it, so whatever it does is safe

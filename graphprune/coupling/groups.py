@@ -191,6 +191,9 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
     for use in ctx.uses.values():
         channels = channel_of_atom[use.atoms]
         groups_here = group_of_channel[channels]
+        if len(groups_here) and (groups_here == groups_here[0]).all():  # most uses: one group (np.unique sorts)
+            members[groups_here[0]].append(GroupMember(use, np.arange(len(channels)), local[channels]))
+            continue
         for g in np.unique(groups_here):
             positions = np.nonzero(groups_here == g)[0]
             members[g].append(GroupMember(use, positions, local[channels[positions]]))

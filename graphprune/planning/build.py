@@ -29,8 +29,8 @@ def build_plan(coupling: Coupling, removed: Mapping[int, list[int]], scores: Map
     groups: list[GroupPlan] = []
     inexact: list[str] = []
     for group in coupling.groups:
-        gone = sorted(int(c) for c in removed.get(group.id, ()))
-        if set(gone) & set(np.nonzero(group.pinned)[0].tolist()) or len(gone) >= group.size:
+        gone = np.sort(np.asarray(removed.get(group.id, ()), dtype=np.int64)).tolist()
+        if len(gone) >= group.size or group.pinned[gone].any():
             raise PlanError(f"group {group.id}: the decision removes pinned channels or every channel")
         if gone:
             removed_global[group.channel_ids[gone]] = True
@@ -40,7 +40,7 @@ def build_plan(coupling: Coupling, removed: Mapping[int, list[int]], scores: Map
             id=group.id, channels=group.size, sources=list(group.sources),
             members=[Member(m.use.tensor, m.use.dim, m.use.role, m.use.node) for m in group.members],
             pinned=np.nonzero(group.pinned)[0].tolist(), removed=gone,
-            scores=None if group_scores is None else [float(s) for s in group_scores],
+            scores=None if group_scores is None else np.asarray(group_scores, dtype=np.float64).tolist(),
             inexact=list(group.inexact),
         ))
 

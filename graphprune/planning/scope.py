@@ -37,13 +37,7 @@ def removal_count(ratio: float, size: int) -> int:
 
 def allowed_kept(size: int, *, min_kept: int, round_to: int) -> list[int]:
     """Kept counts a group may take, largest first: its full size, then multiples of ``round_to`` >= ``min_kept``."""
-    out = [size]
-    k = (size - 1) // round_to * round_to
-    while k >= max(min_kept, 1):
-        if k < size:
-            out.append(k)
-        k -= round_to
-    return out
+    return [size, *range((size - 1) // round_to * round_to, max(min_kept, 1) - 1, -round_to)]
 
 
 def matches(pattern: str, path: str) -> bool:
@@ -64,7 +58,16 @@ class GroupScope:
 
     def snap(self, wanted_kept: float) -> int:
         """The allowed kept count nearest ``wanted_kept`` (the larger on a tie)."""
-        return min(self.choices, key=lambda k: (abs(k - wanted_kept), -k))
+        choices = self.choices  # largest first; a group of 1,280 at round_to=1 has 1,280 of them
+        lo, hi = 0, len(choices)
+        while lo < hi:  # the first choice <= wanted_kept
+            mid = (lo + hi) // 2
+            if choices[mid] > wanted_kept:
+                lo = mid + 1
+            else:
+                hi = mid
+        near = choices[max(lo - 1, 0):lo + 1]
+        return min(near, key=lambda k: (abs(k - wanted_kept), -k))
 
     def removed_at(self, ratio: float) -> int:
         """Channels removed at ``ratio`` of the group (half up), snapped to the allowed counts."""

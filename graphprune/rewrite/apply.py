@@ -67,16 +67,35 @@ def check_plan_fits(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
 _CHUNK = 1 << 22  # entries gathered at a time along the first sliced dim: bounds the transient memory
 
 
-def _sliced(tensor: torch.Tensor, edit: TensorEdit) -> torch.Tensor:
+class _Indices(dict):
+    """Kept indices as tensors, made once per list: a group's filters, bias, norm and next layer's inputs all keep
+    the same channels, and turning a list of ints into a tensor costs more than the gather."""
+
+    def __call__(self, keep: list[int], device: torch.device) -> torch.Tensor:
+        key = (tuple(keep), device)
+        index = self.get(key)
+        if index is None:
+            index = self[key] = torch.as_tensor(keep, dtype=torch.long, device=device)
+        return index
+
+
+def _sliced(tensor: torch.Tensor, edit: TensorEdit, indices: _Indices | None = None) -> torch.Tensor:
     """A new tensor of the kept entries (nothing is shared with the original).
 
-    Selecting one dim after another would hold an intermediate (half a classifier's weight for vgg16_bn,
-    196 MiB); the first sliced dim is gathered a chunk at a time instead, straight into the result.
+    A small tensor is gathered dim by dim. In a large one, selecting one dim after another would hold an
+    intermediate (half a classifier's weight for vgg16_bn, 196 MiB); the first sliced dim is gathered a chunk at a
+    time instead, straight into the result.
     """
     t = tensor.detach()
-    index = {d: torch.as_tensor(keep, dtype=torch.long, device=t.device) for d, keep in sorted(edit.keep.items())}
+    indices = _Indices() if indices is None else indices
+    index = {d: indices(keep, t.device) for d, keep in sorted(edit.keep.items())}
     if not index:
         return _as_like(tensor, t.clone())
+    if t.numel() <= _CHUNK:
+        out = t
+        for d, i in index.items():
+            out = out.index_select(d, i)  # a copy, never a view
+        return _as_like(tensor, out)
     first, *rest = index
     shape = list(t.shape)
     for d, i in index.items():
@@ -113,8 +132,9 @@ def _resize_modules(root: nn.Module, plan: Plan, registry: Registry) -> None:
     """Refresh the size attributes of every module whose tensors were sliced, then of the modules around them
     that have a resizer registered (a block whose ``self.c`` sizes a ``split``), innermost first."""
     owners = {alias.rpartition(".")[0] for edit in plan.tensors.values() for alias in edit.aliases or [edit.name]}
+    modules = dict(root.named_modules(remove_duplicate=False))  # get_submodule walks each path anew
     for name in sorted(owners):
-        module = root.get_submodule(name)
+        module = modules[name] if name in modules else root.get_submodule(name)
         resizer = registry.resizer_for(module)
         if resizer is None:
             if type(module) is nn.Module or type(module).__module__ == "torch.fx.graph_module":
@@ -128,7 +148,7 @@ def _resize_modules(root: nn.Module, plan: Plan, registry: Registry) -> None:
         resizer(module)
     around = {".".join(o.split(".")[:i]) for o in owners for i in range(len(o.split(".")) - 1, -1, -1)} - owners
     for name in sorted(around, key=lambda n: (-n.count("."), n) if n else (1, "")):
-        module = root.get_submodule(name)
+        module = modules[name] if name in modules else root.get_submodule(name)
         resizer = registry.resizer_for(module)
         if resizer is not None:
             resizer(module)
@@ -188,7 +208,8 @@ def apply_plan(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scop
     own_forward = plan.capture == "fx" and not plan.graph_edits  # the result runs the user's Python
     if inplace and own_forward:  # a graph that is not the model must be found before the model changes
         _check_outputs(model, plan, inputs, diverged=True)
-    new_tensors = {edit.name: _sliced(named[edit.name], edit) for edit in plan.tensors.values()}
+    indices = _Indices()
+    new_tensors = {edit.name: _sliced(named[edit.name], edit, indices) for edit in plan.tensors.values()}
     if inplace:
         target = model
         for edit in plan.tensors.values():

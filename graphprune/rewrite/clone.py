@@ -77,7 +77,14 @@ def _clone(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
 
 def _tensor(t: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:
     done = memo.get(id(t))
-    return done if done is not None else copy.deepcopy(t, memo)
+    if done is not None:
+        return done
+    if type(t) is torch.Tensor and t.dim() == 0 and not t.requires_grad and not vars(t):
+        # A plain scalar buffer (every BatchNorm's num_batches_tracked): a clone is what deepcopy makes of it, at a
+        # tenth of the cost. A scalar has no views to keep sharing its storage.
+        done = memo[id(t)] = t.clone()
+        return done
+    return copy.deepcopy(t, memo)
 
 
 def _value(value: Any, memo: dict[int, Any]) -> Any:

@@ -67,7 +67,8 @@ def _evaluate(ctx, node: torch.fx.Node, zero: Zero) -> bool:
         return _read_directly(ctx, node)
     if node.op == "call_module" and _produces(ctx, node):
         return True
-    rule = KEEPS_ZERO.rule_for(node, ctx.gm)  # ATen ops: their torch-level twin's rule, keyed in .aten
+    # ATen ops find their torch-level twin's rule, keyed in .aten
+    rule = KEEPS_ZERO.rule_for_module(ctx.module(node)) if node.op == "call_module" else KEEPS_ZERO.rule_for(node, ctx.gm)
     return bool(rule is not None and rule(ctx, node, zero))
 
 
@@ -75,7 +76,7 @@ def _read_directly(ctx, node: torch.fx.Node) -> bool:
     """A parameter (or per-channel buffer) read by ``get_attr``: zero where removed if every tracked dim of it is
     masked (verify leaves running statistics alone)."""
     owner, _, attr = node.target.rpartition(".")
-    name = ctx.name_of(getattr(ctx.gm.get_submodule(owner), attr))
+    name = ctx.name_of(getattr(ctx.submodule(owner), attr))
     uses = [use for (tensor, _), use in ctx.uses.items() if tensor == name]
     return bool(uses) and all(use.role in Role.MASKED for use in uses)
 
