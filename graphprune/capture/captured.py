@@ -18,7 +18,7 @@ import torch.fx
 from torch import nn
 
 from ..base.errors import InputError, TraceError
-from .export import trace_export
+from .export import UNKNOWN_OUTPUT_HINT, trace_export
 from .fx import TRY_EXPORT, trace_fx
 from .inputs import call_inputs, positional_inputs
 from .shapes import propagate_shapes
@@ -69,7 +69,9 @@ def capture(model: nn.Module, example_inputs: Any = None, *, leaf_modules: Itera
                 raise TraceError(
                     f"neither capture could take {type(model).__name__}.\n"
                     f"torch.fx: {fx_error.message}\n{export_error.message}",
-                    hint=fx_error.hint.removeprefix(TRY_EXPORT)) from export_error  # names the submodule to keep opaque
+                    # The fx hint names the submodule to keep opaque, unless the export only failed on an output.
+                    hint=export_error.hint if export_error.hint == UNKNOWN_OUTPUT_HINT
+                    else fx_error.hint.removeprefix(TRY_EXPORT)) from export_error
         args = positional_inputs(model, gm, example_inputs)
         propagate_shapes(gm, args)
         return Captured(model, gm, args, leaf_modules)

@@ -59,6 +59,15 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
+# torch.export's words for an output it cannot flatten (a transformers DynamicCache), and what to do about it.
+OUTPUT_TYPE = "in output, which is not a known type"
+UNKNOWN_OUTPUT_HINT = (
+    "the model returns an object that is neither a tensor nor a container torch.export knows: return tensors, "
+    "register a pytree node for its class, or switch it off with an input. A transformers causal LM returns its KV "
+    "cache: pass example_inputs={'input_ids': ids, 'use_cache': False} (the shrunk model keeps use_cache in its "
+    "config and generates with the cache)")
+
+
 def export_error_reason(exc: BaseException) -> str:
     """What stopped ``torch.export``, in a user's words, and the user's line where it happened."""
     name = type(exc).__name__
@@ -91,11 +100,14 @@ def trace_export(model: nn.Module, args: tuple[Any, ...], *, strict: bool = Fals
         with torch.no_grad(), eval_mode(model), attributes_kept(model), _quiet():
             gm = torch.export.export(model, args, strict=strict).module()
     except Exception as exc:  # export raises many kinds: user errors, guards, unsupported Python
+        hint = ("a branch on tensor values cannot be captured by either path: compute it outside the model, or "
+                "shrink a capturable submodule (graphprune.shrink_submodule)")
+        if OUTPUT_TYPE in str(exc):
+            hint = UNKNOWN_OUTPUT_HINT
         raise TraceError(
             f"torch.export{' (strict)' if strict else ''} could not capture {type(model).__name__}: "
             f"{export_error_reason(exc)}",
-            hint="a branch on tensor values cannot be captured by either path: compute it outside the model, or "
-                 "shrink a capturable submodule (graphprune.shrink_submodule)",
+            hint=hint,
         ) from exc
     _inline_disabled_autocast(gm)
     propagate_shapes(gm, args)  # inputs that do not fit are the user's InputError, naming the node

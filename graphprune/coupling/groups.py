@@ -67,9 +67,13 @@ class ChannelGroup:
         ranked = free[np.argsort(scores[free], kind="stable")]
         rank = np.full(self.size, -1, dtype=np.int64)
         rank[ranked] = np.arange(len(ranked))
-        kept = set()
+        kept, seen = set(), set()
         for member in self.members:
             channels = member.channels
+            key = channels.tobytes()  # a layer's weight, bias and norm slice the same channels
+            if key in seen:
+                continue
+            seen.add(key)
             if not self.pinned[channels].any():
                 kept.add(int(channels[np.argmax(rank[channels])]))
         return ranked[~np.isin(ranked, sorted(kept))]

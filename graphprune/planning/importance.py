@@ -271,6 +271,46 @@ def _batches(calibration: Any) -> list[Any]:
     return batches
 
 
+def _pieces(coupling: Coupling, inputs: Any, target: Any = None) -> list[tuple[tuple[Any, ...], Any]]:
+    """A calibration batch as the captured graph can run it: ``[(args, target), ...]``.
+
+    A traced graph takes any batch. An exported one is specialised to the example's shapes (its views and its
+    guards name them), so a batch of ``k`` times the example's batch size, with the example's other sizes, runs
+    as ``k`` pieces, its target split alike (a batch of 2 sequences through a Llama exported on 1); other
+    shapes are refused with the shapes the graph takes.
+    """
+    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    if not coupling.captured.method.startswith("export"):
+        return [(args, target)]
+    examples = coupling.example_args
+    counts = set()
+    for a, ex in zip(args, examples):
+        if not (isinstance(a, torch.Tensor) and isinstance(ex, torch.Tensor)):
+            continue
+        if a.dim() == ex.dim() and a.dim() and a.shape[1:] == ex.shape[1:] and a.shape[0] % max(ex.shape[0], 1) == 0:
+            counts.add(a.shape[0] // max(ex.shape[0], 1))
+        else:
+            counts.add(None)
+    if len(args) != len(examples) or None in counts or len(counts) > 1 or counts == {0}:
+        shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args]
+        wanted = [tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__ for e in examples]
+        raise InputError(
+            f"a calibration batch of shapes {shapes} does not fit the graph torch.export captured, which takes the "
+            f"example's shapes {wanted} (or a multiple of its batch size)",
+            hint="give calibration batches of the example's shapes, or an example_inputs of the calibration's shapes")
+    k = counts.pop() if counts else 1
+    if k == 1:
+        return [(args, target)]
+    size = next(e.shape[0] for e in examples if isinstance(e, torch.Tensor))
+    split = [a.split(size) if isinstance(a, torch.Tensor) else [a] * k for a in args]
+    if target is not None and not (isinstance(target, torch.Tensor) and target.shape[:1] == args[0].shape[:1]):
+        raise InputError(f"a calibration target of {getattr(target, 'shape', type(target).__name__)} cannot be split "
+                         f"with a batch of {tuple(args[0].shape)} into the {k} pieces the exported graph takes",
+                         hint="give calibration batches of the example's batch size")
+    targets = target.split(size) if target is not None else [None] * k
+    return [(tuple(piece), t) for piece, t in zip(zip(*split), targets)]
+
+
 @dataclass(frozen=True)
 class _BoundMembers:
     """A data-driven criterion after calibration: per-tensor statistics read by ``member_scores``."""
@@ -327,13 +367,14 @@ class Taylor(Criterion):
             for batch in _batches(self.calibration):
                 if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
                     raise InputError("Taylor calibration batches must be (inputs, target) pairs")
-                inputs, target = batch
-                with torch.enable_grad():
-                    loss = self.loss_fn(call_model(gm, inputs), target)
-                    got = torch.autograd.grad(loss, [p for _, p in trainable], allow_unused=True)
-                for (n, _), g in zip(trainable, got):
-                    if g is not None:
-                        grads[n] += g.detach()
+                pieces = _pieces(coupling, *batch)
+                for inputs, target in pieces:  # a mean loss over the batch: the mean of its pieces' gradients
+                    with torch.enable_grad():
+                        loss = self.loss_fn(call_model(gm, inputs), target)
+                        got = torch.autograd.grad(loss, [p for _, p in trainable], allow_unused=True)
+                    for (n, _), g in zip(trainable, got):
+                        if g is not None:
+                            grads[n] += g.detach() / len(pieces)
         stats = {n: (p.detach() * grads[n]) for n, p in trainable}
         return _BoundMembers(self, stats)
 
@@ -401,10 +442,10 @@ class Activation(Criterion):
 
         with eval_mode(gm), torch.no_grad():
             for batch in _batches(self.calibration):
-                args = batch if isinstance(batch, (tuple, list)) else (batch,)
                 if isinstance(batch, dict):
                     raise InputError("Activation calibration batches must be tensors or tuples of positional args")
-                _Recorder(gm).run(*args)
+                for args, _ in _pieces(coupling, batch):  # equal pieces: the mean of their means is the batch's
+                    _Recorder(gm).run(*args)
         means = {name: (watched[name][1], sums[name] / counts[name]) for name in sums}
         return _BoundMembers(self, {"means": means, "nodes_of_group": nodes_of_group})
 
@@ -431,8 +472,10 @@ def _activation_nodes(group: ChannelGroup, nodes: Mapping[str, torch.fx.Node]) -
     consumers = [nodes[m.use.node] for m in group.members if m.use.role == Role.CONSUMER and m.use.node in nodes]
     if consumers:
         for c in consumers:
-            if c.args and isinstance(c.args[0], torch.fx.Node):
-                yield c.args[0]
+            # An exported graph records a weight's use on its get_attr node: the layer is the op that reads it.
+            for layer in (c.users if c.op == "get_attr" else (c,)):
+                if layer.args and isinstance(layer.args[0], torch.fx.Node) and layer.args[0] is not c:
+                    yield layer.args[0]
     else:
         for s in group.sources:
             if s in nodes:

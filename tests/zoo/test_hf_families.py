@@ -9,6 +9,7 @@ hidden size, so a model that lost heads but kept its hidden size has no stock co
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,3 +159,65 @@ def test_classifier_hidden_size_plan_gets_the_head_count_its_forward_reads(kind,
     reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(*x).logits, small(*x).logits)
+
+
+def _lm_loss(out, ids):
+    """Next-token cross-entropy: the language-model loss, from the ids themselves."""
+    logits = out.logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+
+
+@pytest.mark.parametrize("criterion", ["activation", "taylor"])
+def test_data_driven_criteria_score_a_decoder_on_token_ids(criterion):
+    """Calibration on token ids, in batches larger than the example the graph was exported on: each batch runs
+    as example-sized pieces, so two sequences at once score as the same two one by one."""
+    from graphprune.importance import Activation, Taylor
+
+    model, x = _build("llama")
+    torch.manual_seed(1)
+    texts = [torch.randint(0, 64, (2, x[0].shape[1])) for _ in range(2)]
+    make = {"activation": lambda batches: Activation(batches),
+            "taylor": lambda batches: Taylor([(b, b) for b in batches], _lm_loss)}[criterion]
+    budget = graphprune.Budget(0.5, exact_only=True)
+    plan = graphprune.plan(model, budget, example_inputs=x, importance=make(texts))
+    one_by_one = graphprune.plan(model, budget, example_inputs=x,
+                                 importance=make([t[i:i + 1] for t in texts for i in range(2)]))
+    magnitude = graphprune.plan(model, budget, example_inputs=x)
+    scored = [g for g in plan.groups if g.scores]
+    assert plan.importance.startswith(criterion) and scored
+    for mine, single, l2 in zip(scored, [g for g in one_by_one.groups if g.scores],
+                                [g for g in magnitude.groups if g.scores]):
+        # Taylor sums gradients over batches (a batch of two gives its pieces' mean): equal up to one scale.
+        assert np.array(mine.scores) / sum(mine.scores) == pytest.approx(np.array(single.scores) / sum(single.scores),
+                                                                         rel=1e-6)
+    assert any(g.scores != m.scores for g, m in zip(scored, [g for g in magnitude.groups if g.scores]))
+    small = graphprune.apply(model, plan)
+    assert type(small) is type(model) and graphprune.verify(model, plan, small, x) <= 1e-4
+
+
+def test_calibration_batches_an_exported_graph_cannot_take_are_refused_with_its_shapes():
+    from graphprune.importance import Activation
+
+    model, x = _build("llama")
+    longer = torch.randint(0, 64, (1, x[0].shape[1] + 3))
+    with pytest.raises(graphprune.InputError, match="does not fit the graph torch.export captured"):
+        graphprune.plan(model, 0.5, example_inputs=x, importance=Activation([longer]))
+
+
+def test_a_causal_lm_with_its_cache_on_is_captured_with_use_cache_off_in_the_inputs():
+    """transformers' default config returns a DynamicCache, which torch.export cannot return: the refusal says to
+    pass ``use_cache=False`` as an input, and with it the model shrinks and still generates with its cache."""
+    model, x = _build("llama")
+    model.config.use_cache = True
+    (ids,) = x
+    with pytest.raises(graphprune.TraceError, match="use_cache"):
+        graphprune.plan(model, 0.5, example_inputs=x)
+    inputs = {"input_ids": ids, "use_cache": False}
+    plan = graphprune.plan(model, graphprune.Budget(0.5, exact_only=True), example_inputs=inputs)
+    small = graphprune.apply(model, plan)
+    assert small.config.use_cache and graphprune.verify(model, plan, small, inputs) <= 1e-4
+    masked = graphprune.mask(model, plan)
+    with torch.no_grad():
+        mine = small.generate(ids, max_new_tokens=8, do_sample=False)
+        theirs = masked.generate(ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(mine, theirs)
