@@ -226,6 +226,19 @@ def startup(rounds: int = 7) -> None:
     print()
 
 
+def warm_table(rows: list[dict], repeats: int) -> None:
+    print(f"graphprune {graphprune.__version__}, torch {torch.__version__.split('+')[0]}, one thread, warm process, "
+          f"ratio 0.5, L2 magnitude, medians of {repeats} alternating rounds\n")
+    print("| model | graphprune (s) | Torch-Pruning (s) | ratio | " + " | ".join(PHASES) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(PHASES))
+    for r in rows:
+        tp = r["torch_pruning_s"]
+        ratio = f"{r['graphprune_s'] / tp:.2f}x" if tp else ""
+        runs = "" if r["torch_pruning_runs"] in (0, repeats) else f" ({r['torch_pruning_runs']} run)"
+        print(f"| {r['model']} | {r['graphprune_s']:.3f} | {'' if tp is None else f'{tp:.3f}'}{runs} | {ratio} | "
+              + " | ".join(f"{r[k]:.3f}" for k in PHASES) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=MODELS, help="models to time warm (none: skip)")
@@ -247,18 +260,8 @@ def main() -> None:
     if args.paths is not None:
         paths(args.paths or ["resnet50"], args.repeats)
     rows = warm(args.models, args.repeats, with_tp) if args.models else []
-    if not rows:
-        return
-    print(f"graphprune {graphprune.__version__}, torch {torch.__version__.split('+')[0]}, one thread, warm process, "
-          f"ratio 0.5, L2 magnitude, medians of {args.repeats} alternating rounds\n")
-    print("| model | graphprune (s) | Torch-Pruning (s) | ratio | " + " | ".join(PHASES) + " |")
-    print("|---|---:|---:|---:|" + "---:|" * len(PHASES))
-    for r in rows:
-        tp = r["torch_pruning_s"]
-        ratio = f"{r['graphprune_s'] / tp:.2f}x" if tp else ""
-        runs = "" if r["torch_pruning_runs"] in (0, args.repeats) else f" ({r['torch_pruning_runs']} run)"
-        print(f"| {r['model']} | {r['graphprune_s']:.3f} | {'' if tp is None else f'{tp:.3f}'}{runs} | {ratio} | "
-              + " | ".join(f"{r[k]:.3f}" for k in PHASES) + " |")
+    if rows:
+        warm_table(rows, args.repeats)
     if args.cold is not None:
         names = args.cold or ["resnet50", "mobilenet_v2"]
         print("\nCold: the first call in a fresh process (imports apart), each tool in its own process, "
