@@ -221,3 +221,21 @@ def test_a_causal_lm_with_its_cache_on_is_captured_with_use_cache_off_in_the_inp
         mine = small.generate(ids, max_new_tokens=8, do_sample=False)
         theirs = masked.generate(ids, max_new_tokens=8, do_sample=False)
     assert torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize("budget", [graphprune.Budget(params=0.7, allocation="uniform", exact_only=True),
+                                    graphprune.Budget(macs=0.6, allocation="uniform", exact_only=True)],
+                         ids=["params", "macs"])
+def test_a_uniform_budget_other_than_a_ratio_gives_a_model_the_stock_config_describes(budget, tmp_path):
+    """One config field per width: a MACs or params budget with allocation='uniform' loses the same count in every
+    layer, so the config is refit and round-trips, where the global allocation says it cannot."""
+    model, x = _build("llama")
+    plan = graphprune.plan(model, budget, example_inputs=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", graphprune.RewriteWarning)
+        small = graphprune.apply(model, plan)
+    assert graphprune.count_params(small) < graphprune.count_params(model)
+    assert small.config.intermediate_size < model.config.intermediate_size
+    assert graphprune.verify(model, plan, small, x) <= 1e-4
+    reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
+    assert torch.equal(_out(reloaded, x), _out(small, x))
