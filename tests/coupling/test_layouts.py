@@ -56,6 +56,36 @@ def test_an_attention_bias_table_follows_its_heads(capture, sdpa):
         assert shrunk.biases.shape[1] == 11  # the gathered positions stay
 
 
+class MaskedAttention(nn.Module):
+    """Attention through scaled_dot_product_attention with a mask made in the forward: one per head at a fixed
+    size (T5's cross-attention, ``torch.zeros((1, n_heads, l, s))``), or one broadcast over the heads."""
+
+    def __init__(self, per_head: bool, dim=16, heads=4):
+        super().__init__()
+        self.heads, self.per_head = heads, per_head
+        self.embed, self.q, self.k, self.v = nn.Linear(5, dim), nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj, self.head = nn.Linear(dim, dim), nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        B, N, C = x.shape
+        q, k, v = (f(x).reshape(B, N, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        mask = torch.zeros((1, self.heads if self.per_head else 1, N, N), dtype=x.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.head(x + self.proj(out.transpose(1, 2).reshape(B, N, C)))
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+@pytest.mark.parametrize("per_head", [True, False], ids=["per-head", "broadcast"])
+def test_an_attention_mask_of_a_fixed_size_per_head_keeps_the_heads(capture, per_head):
+    x = torch.randn(2, 6, 5)
+    coupling = graphprune.couple(MaskedAttention(per_head), example_inputs=x, scope=graphprune.Scope(capture=capture))
+    (heads,) = [g for g in coupling.groups if {"q", "q_bias"} & set(g.sources)]
+    assert heads.pinned.all() == per_head and (per_head or not heads.pinned.any())
+    if not per_head:
+        shrinks_exactly(MaskedAttention(per_head), x, capture=capture)
+
+
 class LinearAttention(nn.Module):
     """EfficientViT's LiteMLA: v padded with a column of ones, kᵀv summed over the tokens, the last column
     divides the rest."""

@@ -159,6 +159,17 @@ def scaled_dot_product_attention(ctx, node):
         # A bias per head (BEiT's relative positions) broadcasts against the logits, right-aligned: its heads meet
         # q's and k's.
         operands.append((mask, (batch + ["l", "s"])[-len(ctx.shape(mask)):]))
+    elif isinstance(mask, torch.fx.Node) and ctx.shape(mask) is not None:
+        # A mask made at a fixed size per head (T5's cross-attention bias, torch.zeros((1, n_heads, l, s))) cannot
+        # lose heads with q, k and v; one that broadcasts over them (size 1 there) couples nothing.
+        shape = ctx.shape(mask)
+        for d in range(nd - 2):
+            at = d - (nd - len(shape))
+            if at >= 0 and shape[at] > 1:
+                for x in (q, k, v):
+                    block = (ctx.channels(x) or ChannelMap()).normalized(nd).block_at(d)
+                    if block is not None:
+                        ctx.pin(block.atoms, "an attention mask of a fixed size over the heads")
     if arg(node, 6, "scale") is None:
         for x in (q, k):
             cmap = (ctx.channels(x) or ChannelMap()).normalized(nd)
