@@ -79,6 +79,16 @@ REGRESSIONS = [
                          Step("act", (3,), (("kind", "relu"), ("form", "module"))),
                          Step("conv", (0,), (("cin", 1), ("cout", 1), ("k", 1), ("stride", 1), ("padding", 0),
                                              ("dilation", 1), ("groups", 1), ("bias", True)))), (5,)), 0.9),
+    # An inexact plan (a mean over channels) of a network in train mode: the check that it runs must not move the
+    # original's BatchNorm statistics.
+    (NetSpec((1, 8, 8), (Step("gap", (0,), ()),
+                         Step("conv", (1,), (("cin", 1), ("cout", 2), ("k", 1), ("stride", 1), ("padding", 0),
+                                             ("dilation", 1), ("groups", 1), ("bias", False))),
+                         Step("bn", (2,), (("c", 2),)), Step("bn", (3,), (("c", 2),)),
+                         Step("reduce", (4,), (("dim", 1), ("kind", "mean"))),
+                         Step("conv", (0,), (("cin", 1), ("cout", 1), ("k", 1), ("stride", 1), ("padding", 0),
+                                             ("dilation", 1), ("groups", 1), ("bias", False)))), (6,),
+             train=True, star=True), 0.25),
 ]
 
 
@@ -112,7 +122,9 @@ def check_network(spec: NetSpec, ratio: float) -> str:
 
 
 def _check_runs(model, shrunk, x) -> None:
-    with torch.no_grad():
+    from graphprune.base.running import eval_mode
+
+    with torch.no_grad(), eval_mode(model, shrunk):  # a forward in train mode would move BatchNorm's statistics
         want, got = model(x), shrunk(x)
     want, got = (want, got) if isinstance(want, (tuple, list)) else ((want,), (got,))
     assert [w.shape for w in want] == [g.shape for g in got]
