@@ -108,16 +108,6 @@ def run_shapes(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
         return outputs(None, copy.deepcopy(model))
 
 
-def _as_args(inputs: Any) -> tuple[Any, ...]:
-    if isinstance(inputs, dict):
-        return ()
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-
-
-def _as_kwargs(inputs: Any) -> dict[str, Any]:
-    return dict(inputs) if isinstance(inputs, dict) else {}
-
-
 @contextlib.contextmanager
 def _standing_in(module: nn.Module, convert: Convert, cache: dict[int, torch.Tensor]) -> Iterator[None]:
     """Every parameter and buffer of ``module``'s tree replaced by its stand-in while the block runs, then put back.

@@ -134,7 +134,7 @@ def _resize_modules(root: nn.Module, plan: Plan, registry: Registry) -> None:
     owners = {alias.rpartition(".")[0] for edit in plan.tensors.values() for alias in edit.aliases or [edit.name]}
     modules = dict(root.named_modules(remove_duplicate=False))  # get_submodule walks each path anew
     for name in sorted(owners):
-        module = modules[name] if name in modules else root.get_submodule(name)
+        module = modules[name]
         resizer = registry.resizer_for(module)
         if resizer is None:
             if type(module) is nn.Module or type(module).__module__ == "torch.fx.graph_module":
@@ -148,7 +148,7 @@ def _resize_modules(root: nn.Module, plan: Plan, registry: Registry) -> None:
         resizer(module)
     around = {".".join(o.split(".")[:i]) for o in owners for i in range(len(o.split(".")) - 1, -1, -1)} - owners
     for name in sorted(around, key=lambda n: (-n.count("."), n) if n else (1, "")):
-        module = modules[name] if name in modules else root.get_submodule(name)
+        module = modules[name]
         resizer = registry.resizer_for(module)
         if resizer is not None:
             resizer(module)

@@ -44,7 +44,7 @@ RULES = Registry()
 # What a reduction over removed channels that are zero does: the same over the kept ones (a sum), changes by its
 # count (a mean), or changes (a max over values that may all be negative: the zeros win).
 _SAME, _COUNTED, _CHANGED = "same", "counted", "changed"
-_KINDS = {"sum": _SAME, "nansum": _SAME, "mean": _COUNTED, "nanmean": _COUNTED, "amax": _CHANGED, "amin": _CHANGED}
+_KINDS = {"sum": _SAME, "mean": _COUNTED, "amax": _CHANGED, "amin": _CHANGED}  # the ops `reduction` serves
 
 
 @RULES.function(torch.mean, torch.sum, torch.amax, torch.amin)

@@ -76,8 +76,9 @@ def _read_directly(ctx, node: torch.fx.Node) -> bool:
     """A parameter (or per-channel buffer) read by ``get_attr``: zero where removed if every tracked dim of it is
     masked (verify leaves running statistics alone)."""
     owner, _, attr = node.target.rpartition(".")
-    name = ctx.name_of(getattr(ctx.submodule(owner), attr))
-    uses = [use for (tensor, _), use in ctx.uses.items() if tensor == name]
+    tensor = getattr(ctx.submodule(owner), attr)
+    name = ctx.name_of(tensor)
+    uses = [ctx.uses[(name, d)] for d in range(tensor.dim()) if (name, d) in ctx.uses]  # uses are keyed by dim
     return bool(uses) and all(use.role in Role.MASKED for use in uses)
 
 
