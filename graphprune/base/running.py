@@ -14,7 +14,6 @@ True
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,7 +52,7 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-_TABLES = ("_parameters", "_buffers", "_modules")
+_CONTAINERS = (dict, list, set)  # by exact type: a module's tables are plain dicts, its hook tables OrderedDicts
 
 
 @contextlib.contextmanager
@@ -61,21 +60,32 @@ def attributes_kept(model: nn.Module) -> Iterator[None]:
     """Run the user's forward on stand-ins (proxies, fake tensors) without letting it keep them: a forward that
     caches a computed value on its module (``self.anchors = ...``, ultralytics' Detect head; an entry in a cache
     dict, timm's ``attention_bias_cache``) would otherwise leave a fake tensor in the user's model. Every
-    submodule's attributes are put back as they were, and a dict, list or set it holds gets its entries back."""
-    saved = [(m, {k: dict(v) if k in _TABLES else v for k, v in vars(m).items()}) for m in model.modules()]
-    contents = [(v, copy.copy(v)) for _, attributes in saved for k, v in attributes.items()
-                if k not in _TABLES and type(v) in (dict, list, set)]
+    submodule's attributes are put back as they were, and a dict, list or set it holds (its parameter, buffer and
+    submodule tables among them) gets its entries back.
+
+    >>> net = nn.Sequential(nn.Linear(1, 1))
+    >>> with attributes_kept(net):
+    ...     net.cache = {}
+    ...     net[0].bias = None
+    ...     net.append(nn.ReLU())
+    Sequential(...)
+    >>> hasattr(net, "cache"), net[0].bias is not None, len(net)
+    (False, True, 1)
+    """
+    # Shallow copies in C: this runs around every trace, over every submodule of the model.
+    snapshots = [(vars(m), vars(m).copy()) for m in model.modules()]
+    contents = [(v, v.copy()) for _, attributes in snapshots for v in attributes.values() if type(v) in _CONTAINERS]
     try:
         yield
     finally:
-        for m, attributes in saved:
-            vars(m).clear()
-            vars(m).update(attributes)
+        for attributes, saved in snapshots:
+            attributes.clear()
+            attributes.update(saved)
         for container, entries in contents:
-            container.clear()
-            if isinstance(container, list):
-                container.extend(entries)
+            if type(container) is list:
+                container[:] = entries
             else:
+                container.clear()
                 container.update(entries)
 
 

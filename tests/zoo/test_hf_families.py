@@ -241,15 +241,19 @@ def test_a_uniform_budget_other_than_a_ratio_gives_a_model_the_stock_config_desc
     assert torch.equal(_out(reloaded, x), _out(small, x))
 
 
-def test_t5_shrinks_exactly_with_its_cross_attention_heads_kept():
-    """T5: one relative-position table per stack, shared by its layers, so self-attention heads go together in
-    every layer of a stack; cross-attention adds a bias made at n_heads (torch.zeros), so its heads stay. One
-    ``num_heads`` cannot say both, and the rewrite says so."""
+def _t5():
     config = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
                                    num_heads=4, use_cache=False, decoder_start_token_id=0, pad_token_id=0)
     torch.manual_seed(0)
     model = transformers.T5ForConditionalGeneration(config).eval()
-    inputs = {"input_ids": torch.randint(1, 64, (1, 8)), "decoder_input_ids": torch.randint(1, 64, (1, 5))}
+    return model, {"input_ids": torch.randint(1, 64, (1, 8)), "decoder_input_ids": torch.randint(1, 64, (1, 5))}
+
+
+def test_t5_shrinks_exactly_with_its_cross_attention_heads_kept():
+    """T5: one relative-position table per stack, shared by its layers, so self-attention heads go together in
+    every layer of a stack; cross-attention adds a bias made at n_heads (torch.zeros), so its heads stay. One
+    ``num_heads`` cannot say both, and the rewrite says so."""
+    model, inputs = _t5()
     before = fingerprint(model)
     plan = graphprune.plan(model, graphprune.Budget(0.5, exact_only=True), example_inputs=inputs)
     with pytest.warns(graphprune.RewriteWarning, match="config cannot describe"):
@@ -260,3 +264,22 @@ def test_t5_shrinks_exactly_with_its_cross_attention_heads_kept():
         assert {b.layer[0].SelfAttention.q.out_features for b in stack.block} == {16}  # 2 of 4 heads, every layer
         assert stack.block[0].layer[-1].DenseReluDense.wi.out_features == 32
     assert {b.layer[1].EncDecAttention.q.out_features for b in small.decoder.block} == {32}
+
+
+def test_t5_with_its_attention_ignored_prunes_mlp_widths_its_stock_config_describes(tmp_path):
+    """The T5 plan a stock config can say: every attention module in ``Scope.ignore`` keeps all heads, so only
+    ``d_ff`` changes, the same in every layer, and ``save_pretrained`` / ``from_pretrained`` round-trip."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    model, inputs = _t5()
+    scope = graphprune.Scope(ignore=tuple(m for m in model.modules() if isinstance(m, T5Attention)))
+    plan = graphprune.plan(model, graphprune.Budget(0.5, exact_only=True), example_inputs=inputs, scope=scope)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", graphprune.RewriteWarning)
+        small = graphprune.apply(model, plan)
+    assert graphprune.verify(model, plan, small, inputs) <= 1e-4
+    assert small.config.d_ff == 32 and small.config.num_heads == 4 and small.config.d_model == 32
+    assert {b.layer[-1].DenseReluDense.wi.out_features for s in (small.encoder, small.decoder) for b in s.block} == {32}
+    reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, small(**inputs).logits)
