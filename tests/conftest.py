@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# The tests never download: Hugging Face models are built from configs and reloaded from tmp_path only. Offline mode
+# makes the hub refuse any request instead of trying one, whatever a test passes.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
