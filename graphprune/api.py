@@ -20,6 +20,7 @@ torch.Size([1, 1000])
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import warnings
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from .base.checks import check_flag, check_model
+from .base.collector import collector_paused
 from .base.errors import InexactWarning, InputError, TraceError
 from .base.running import call_model, eval_mode
 from .capture import capture, source_lines
@@ -42,6 +44,7 @@ from .rewrite import apply_plan
 __all__ = ["couple", "plan", "apply", "shrink", "shrink_submodule", "capture_inputs"]
 
 
+@collector_paused()
 def couple(model: nn.Module, *, example_inputs: Any = None, scope: Scope | None = None) -> Coupling:
     """Capture ``model`` on ``example_inputs`` (default: a 224x224 image) and build its dependency graph: the
     groups of channels that must be removed together. The result is read-only and carries the model, the
@@ -77,8 +80,9 @@ def plan(model: nn.Module | Coupling, budget: float | Budget, *, example_inputs:
         coupling = couple(model, example_inputs=example_inputs, scope=scope)
     budget, hardware = as_budget(budget), as_hardware(hardware)
     measure = measurement_for(coupling, budget, hardware,
-                              lambda candidate: apply_plan(coupling.model, candidate, scope=coupling.scope))
-    with source_lines():
+                              collector_paused()(lambda candidate: apply_plan(coupling.model, candidate,
+                                                                              scope=coupling.scope)))
+    with source_lines(), _paused_unless_measured(budget):
         result = plan_coupling(coupling, budget, importance, hardware=hardware, measure=measure)
     if result.inexact:
         warnings.warn(
@@ -90,6 +94,7 @@ def plan(model: nn.Module | Coupling, budget: float | Budget, *, example_inputs:
     return result
 
 
+@collector_paused()
 def apply(model: nn.Module, plan: Plan, *, example_inputs: Any = None, scope: Scope | None = None,
           inplace: bool = False) -> nn.Module:
     """Build the shrunk model that ``plan`` describes. The original is untouched unless ``inplace``.
@@ -109,19 +114,26 @@ def shrink(model: nn.Module, budget: float | Budget, *, example_inputs: Any = No
     group's channels; ``shrink(model, Budget(macs=0.5))`` keeps half the MACs. ``apply(model, plan(model, ...))``
     in one step; the original is untouched unless ``inplace``."""
     check_flag(inplace, "inplace")  # before the planning work, not after it
-    coupling = couple(model, example_inputs=example_inputs, scope=scope)
-    the_plan = plan(coupling, budget, importance=importance, hardware=hardware)
-    # Traced once: the rewrite edits a copy of the graph the plan was made on.
-    with source_lines():
-        try:
-            return apply_plan(model, the_plan, example_inputs=coupling.example_args, scope=scope, inplace=inplace,
-                              captured=coupling.gm)
-        except TraceError:  # the traced graph was not the model: under "auto", export it instead
-            scope = as_scope(scope)
-            if scope.capture != "auto" or the_plan.capture != "fx" or scope.leaf_modules:
-                raise
+    with _paused_unless_measured(budget):
+        coupling = couple(model, example_inputs=example_inputs, scope=scope)
+        the_plan = plan(coupling, budget, importance=importance, hardware=hardware)
+        # Traced once: the rewrite edits a copy of the graph the plan was made on.
+        with source_lines(), collector_paused():
+            try:
+                return apply_plan(model, the_plan, example_inputs=coupling.example_args, scope=scope,
+                                  inplace=inplace, captured=coupling.gm)
+            except TraceError:  # the traced graph was not the model: under "auto", export it instead
+                scope = as_scope(scope)
+                if scope.capture != "auto" or the_plan.capture != "fx" or scope.leaf_modules:
+                    raise
     return shrink(model, budget, example_inputs=example_inputs, importance=importance,
                   scope=dataclasses.replace(scope, capture="export"), hardware=hardware, inplace=inplace)
+
+
+def _paused_unless_measured(budget: float | Budget) -> contextlib.AbstractContextManager[None]:
+    """The collector paused for the whole of a ratio's planning; a measured budget realises (and times) one
+    candidate after another, so only each candidate's rewrite pauses it."""
+    return collector_paused() if as_budget(budget).kind == "ratio" else contextlib.nullcontext()
 
 
 def capture_inputs(model: nn.Module, name: str, model_inputs: Any) -> tuple[Any, ...] | dict[str, Any]:

@@ -186,3 +186,35 @@ def test_trace_error_of_an_untraceable_submodule_names_it():
     scope = graphprune.Scope(leaf_modules=["block"], ignore=["block"])
     small = graphprune.shrink(WithOpaque(), 0.5, example_inputs=torch.randn(1, 3, 8, 8), scope=scope)
     assert small.stem.out_channels == 8 and small.block.conv.in_channels == 8
+
+
+def test_the_verbs_pause_the_collector_only_while_they_run_and_leave_a_disabled_one_disabled():
+    import gc
+
+    states = []
+
+    class Probe(nn.Module):  # its forward runs inside the capture and the rewrite's check
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 32, 3)
+            self.head = nn.Conv2d(32, 2, 1)
+
+        def forward(self, x):
+            states.append(gc.isenabled())
+            return self.head(torch.relu(self.conv(x)))
+
+    model, x = Probe(), torch.randn(1, 3, 8, 8)
+    graphprune.shrink(model, 0.5, example_inputs=x)
+    assert states and not any(states) and gc.isenabled()
+    states.clear()
+    graphprune.shrink(model, graphprune.Budget(macs=0.5), example_inputs=x)
+    assert gc.isenabled() and True in states  # a measured budget's rounds run with the collector on
+    with pytest.raises(graphprune.InputError):
+        graphprune.couple(model, example_inputs=x, scope=graphprune.Scope(leaf_modules=["nothing"]))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        graphprune.shrink(model, 0.5, example_inputs=x)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
