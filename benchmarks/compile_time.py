@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import statistics
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from scale import DeepResNet  # noqa: E402
 
 import graphprune  # noqa: E402
+from graphprune.base.collector import collector_paused  # noqa: E402
 from graphprune.capture.fx import trace_fx  # noqa: E402
 from graphprune.capture.inputs import positional_inputs  # noqa: E402
 from graphprune.capture.shapes import propagate_shapes  # noqa: E402
@@ -140,6 +142,7 @@ def paths(names: list[str], repeats: int) -> None:
 
 
 def timed(fn) -> float:
+    gc.collect()  # neither tool pays for the garbage of the one before
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -160,7 +163,9 @@ def warm(names: list[str], repeats: int, with_tp: bool, long_run: float = 30.0) 
             gp.append(timed(lambda: graphprune.shrink(model, 0.5, example_inputs=x)))
             if with_tp and not (tp and tp[0] > long_run):
                 tp.append(timed(lambda: torch_pruning(model, x)))
-            split.append(phases(model, x))
+            gc.collect()
+            with collector_paused():  # as shrink runs its stages
+                split.append(phases(model, x))
         row = {"model": name, "graphprune_s": statistics.median(gp),
                "torch_pruning_s": statistics.median(tp) if tp else None, "torch_pruning_runs": len(tp),
                **{k: statistics.median(s[k] for s in split) for k in PHASES}}

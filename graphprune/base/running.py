@@ -14,13 +14,14 @@ True
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["call_model", "eval_mode", "attributes_kept", "device_of", "dtype_of"]
+__all__ = ["call_model", "eval_mode", "attributes_kept", "device_of", "dtype_of", "named_tensors"]
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -91,7 +92,27 @@ def attributes_kept(model: nn.Module) -> Iterator[None]:
 
 def device_of(model: nn.Module) -> torch.device:
     """Where the model's first parameter (else buffer) lives; the CPU for a model without tensors."""
-    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    return next((t.device for t in itertools.chain(model.parameters(), model.buffers())), torch.device("cpu"))
+
+
+def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter, then every buffer, under each of its names (a tied tensor under every path to it), as
+    ``named_parameters`` and ``named_buffers`` with ``remove_duplicate=False`` list them, in one walk of the tree.
+
+    >>> net = nn.Sequential(nn.BatchNorm1d(2))
+    >>> net.append(net[0])
+    Sequential(...)
+    >>> list(named_tensors(net))[:3], len(named_tensors(net))
+    (['0.weight', '0.bias', '1.weight'], 10)
+    """
+    modules = list(model.named_modules(remove_duplicate=False))
+    named: dict[str, torch.Tensor] = {}
+    for table in ("_parameters", "_buffers"):
+        for prefix, module in modules:
+            for name, tensor in vars(module)[table].items():
+                if tensor is not None:
+                    named[f"{prefix}.{name}" if prefix else name] = tensor
+    return named
 
 
 def dtype_of(model: nn.Module) -> torch.dtype:

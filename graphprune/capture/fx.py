@@ -102,6 +102,7 @@ def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = (), *, stack_traces
             hint=TRY_EXPORT + hint,
         ) from exc
     gm.meta[_TRACED] = (model, leaf_modules)
+    gm.training = model.training  # a new module trains; this one runs the model's submodules in their own modes
     return gm
 
 

@@ -201,7 +201,10 @@ class _ShapeInterpreter(torch.fx.Interpreter):
         return self._abstract(obj)
 
     def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        module = self.source.get_submodule(target)
+        # The interpreter's table of the graph module's submodules: get_submodule walks the path each time.
+        module = self.submodules.get(target) if self.source is self.module else None
+        if module is None:
+            module = self.source.get_submodule(target)
         if self.convert is None:
             return module(*args, **kwargs)
         if self.convert is _on_meta and (answer := known_module_call(module, args, kwargs)) is not None:

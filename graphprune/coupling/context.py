@@ -27,6 +27,7 @@ import torch.fx
 from torch import nn
 
 from ..base.errors import UnsupportedOpError
+from ..base.running import named_tensors
 from .channels import Block, ChannelMap, LayoutError
 
 __all__ = ["META_KEY", "Role", "TensorUse", "ShapeEdit", "RuleContext"]
@@ -84,8 +85,7 @@ class _TensorIndex:
         self.name_of: dict[int, str] = {}
         self.aliases: dict[str, list[str]] = defaultdict(list)
         self.tensors: dict[str, torch.Tensor] = {}
-        named = list(root.named_parameters(remove_duplicate=False)) + list(root.named_buffers(remove_duplicate=False))
-        for name, tensor in named:
+        for name, tensor in named_tensors(root).items():
             canonical = self.name_of.setdefault(id(tensor), name)
             self.aliases[canonical].append(name)
             self.tensors.setdefault(canonical, tensor)

@@ -138,8 +138,12 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
     n = ctx.n_atoms
     # Channels: connected components of the atom join graph.
     joined = [np.concatenate(side) for side in zip(*ctx.joins)] if ctx.joins else [np.zeros(0, np.int64)] * 2
-    _, channel_of_atom = np.unique(smallest_in_component(n, *joined), return_inverse=True)
-    n_channels = int(channel_of_atom.max()) + 1 if n else 0
+    # A channel's id is its smallest atom's rank among the components' smallest atoms: np.unique's inverse,
+    # without its sort.
+    smallest = smallest_in_component(n, *joined)
+    roots = smallest == np.arange(n)
+    channel_of_atom = (np.cumsum(roots) - 1)[smallest]
+    n_channels = int(roots.sum())
 
     # Groups: connected components of the layers (spaces) whose atoms are joined.
     sizes = np.array([s.size for s in ctx.spaces], dtype=np.int64)
@@ -150,8 +154,9 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
         space_graph.add_node(i, node=s.node, size=s.size)
     from_space, to_space = space_of_atom[joined[0]], space_of_atom[joined[1]]
     across = (from_space != to_space) & ~mirror[from_space] & ~mirror[to_space]
-    pairs = np.unique(np.stack([from_space[across], to_space[across]], axis=1), axis=0)
-    space_graph.add_edges_from(pairs.tolist())
+    # The distinct pairs, sorted as np.unique(axis=0) would sort them, through one integer key per pair.
+    keys = np.unique(from_space[across] * len(ctx.spaces) + to_space[across])
+    space_graph.add_edges_from(zip(*(side.tolist() for side in np.divmod(keys, len(ctx.spaces)))))
     group_of_space = np.empty(len(ctx.spaces), dtype=np.int64)
     components = sorted((sorted(c) for c in nx.connected_components(space_graph)), key=lambda c: c[0])
     for g, spaces in enumerate(components):

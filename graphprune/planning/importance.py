@@ -126,6 +126,9 @@ def _per_channel(member: GroupMember, per_position: np.ndarray, size: int, combi
     return out, counts > 0
 
 
+_SMALL = 1 << 15  # entries; measured on one thread: 11 us against 31 us at 1,536, 243 us against 91 us at 221,184
+
+
 def slice_norms(tensor: torch.Tensor, dim: int, p: int = 2, *, chunk: int = 1 << 22) -> np.ndarray:
     """The Lp norm of each slice of ``tensor`` along ``dim`` (over every other dim), in float64.
 
@@ -146,6 +149,8 @@ def slice_norms(tensor: torch.Tensor, dim: int, p: int = 2, *, chunk: int = 1 <<
     t3 = t.reshape(before, n, after)
     if before == 1:  # a producer's rows: one contiguous reduction
         return torch.linalg.vector_norm(t3[0].float(), ord=p, dim=1).double().cpu().numpy()
+    if t3.numel() <= _SMALL:  # one call: below this size the loop's half-dozen calls cost more than the strides
+        return torch.linalg.vector_norm(t3.float(), ord=p, dim=(0, 2)).double().cpu().numpy()
     rows = max(1, chunk // max(n * after, 1))
     total = torch.zeros(n, dtype=torch.float64, device=t.device)
     for start in range(0, before, rows):

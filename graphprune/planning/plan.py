@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..base.errors import InputError, PlanError
+from ..base.running import named_tensors
 from .budget import Budget
 
 __all__ = ["Member", "GroupPlan", "TensorEdit", "GraphEdit", "InputSpec", "PlanBudget", "Plan", "model_signature",
@@ -286,10 +288,9 @@ class Plan:
         return cls.from_json(Path(path).read_text())
 
 
-def model_signature(model: torch.nn.Module) -> str:
-    """A hash of every parameter and buffer name and shape: which architecture a plan belongs to."""
-    h = hashlib.sha256()
-    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-    for name, tensor in sorted(named, key=lambda item: item[0]):
-        h.update(f"{name}:{tuple(tensor.shape)};".encode())
-    return h.hexdigest()[:16]
+def model_signature(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """A hash of every parameter and buffer name and shape: which architecture a plan belongs to. ``model`` may
+    be the table of them (:func:`~graphprune.base.running.named_tensors`) when the caller has it."""
+    named = named_tensors(model) if isinstance(model, torch.nn.Module) else model
+    text = "".join(f"{name}:{tuple(named[name].shape)};" for name in sorted(named))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

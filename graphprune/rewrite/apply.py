@@ -17,7 +17,7 @@ from torch import nn
 
 from ..base.checks import check_flag, check_model
 from ..base.errors import InputError, PlanError, RewriteError, RewriteWarning, TraceError
-from ..base.running import device_of
+from ..base.running import device_of, named_tensors
 from ..capture.export import trace_export
 from ..capture.fx import trace_fx
 from ..capture.graph import nodes_by_name
@@ -33,12 +33,6 @@ from .provenance import plans_of, record_plan
 __all__ = ["apply_plan", "check_plan_fits"]
 
 
-def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    named = dict(model.named_parameters(remove_duplicate=False))
-    named.update(model.named_buffers(remove_duplicate=False))
-    return named
-
-
 def check_plan_fits(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
     """Raise PlanError unless every tensor the plan slices exists in ``model`` with the planned shape."""
     check_model(model)
@@ -47,12 +41,12 @@ def check_plan_fits(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
                          hint="load a saved plan with graphprune.Plan.from_json(text) or Plan.load(path)")
     if not isinstance(plan, Plan):
         raise InputError(f"expected a graphprune Plan, got {type(plan).__name__}")
-    if plan.model_signature and model_signature(model) != plan.model_signature:
+    named = named_tensors(model)
+    if plan.model_signature and model_signature(named) != plan.model_signature:
         raise PlanError(
             f"this plan was made for a {plan.model} with other parameters than this {type(model).__qualname__}",
             hint="a plan applies to a fresh copy of the model it was made from (same architecture, not yet shrunk)",
         )
-    named = _named_tensors(model)
     for edit in plan.tensors.values():
         tensor = named.get(edit.name)
         if tensor is None:

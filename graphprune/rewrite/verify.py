@@ -26,7 +26,7 @@ from torch import nn
 
 from ..base.checks import check_inputs, check_model
 from ..base.errors import InputError
-from ..base.running import call_model, device_of, eval_mode
+from ..base.running import call_model, device_of, eval_mode, named_tensors
 from ..coupling import Role
 from ..planning import Plan
 from .apply import check_plan_fits
@@ -39,8 +39,7 @@ def mask(model: nn.Module, plan: Plan) -> nn.Module:
     """A copy of ``model`` with every removed channel zeroed (same shapes, same class)."""
     check_plan_fits(model, plan)
     masked = copy.deepcopy(model)
-    named = dict(masked.named_parameters(remove_duplicate=False))
-    named.update(masked.named_buffers(remove_duplicate=False))
+    named = named_tensors(masked)
     with torch.no_grad():
         for edit in plan.tensors.values():
             tensor = named[edit.name]
