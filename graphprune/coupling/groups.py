@@ -67,7 +67,8 @@ class ChannelGroup:
         ranked = free[np.argsort(scores[free], kind="stable")]
         rank = np.full(self.size, -1, dtype=np.int64)
         rank[ranked] = np.arange(len(ranked))
-        kept, seen = set(), set()
+        kept = np.zeros(self.size, dtype=bool)
+        seen = set()
         for member in self.members:
             channels = member.channels
             key = channels.tobytes()  # a layer's weight, bias and norm slice the same channels
@@ -75,8 +76,8 @@ class ChannelGroup:
                 continue
             seen.add(key)
             if not self.pinned[channels].any():
-                kept.add(int(channels[np.argmax(rank[channels])]))
-        return ranked[~np.isin(ranked, sorted(kept))]
+                kept[channels[np.argmax(rank[channels])]] = True
+        return ranked[~kept[ranked]]
 
 
 def smallest_in_component(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
