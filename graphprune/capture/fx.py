@@ -76,7 +76,7 @@ def trace_fx(model: nn.Module, leaf_modules: Iterable[str] = (), *, stack_traces
     """
     check_model(model)
     leaf_modules = tuple(leaf_modules)
-    names = dict(model.named_modules())
+    names = dict(model.named_modules()) if leaf_modules else {}
     missing = [name for name in leaf_modules if name not in names]
     if missing:
         raise InputError(f"leaf_modules names {missing}, which are not submodules of {type(model).__name__}")

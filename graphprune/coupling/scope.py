@@ -70,6 +70,8 @@ class Scope:
 
     def ignored_names(self, model: nn.Module) -> tuple[str, ...]:
         """``ignore`` as qualified submodule names of ``model``; InputError for anything that is not one."""
+        if not self.ignore:
+            return ()
         by_id = {id(m): name for name, m in model.named_modules()}
         names = set(by_id.values())
         out = []

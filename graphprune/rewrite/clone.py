@@ -32,6 +32,7 @@ from torch import nn
 __all__ = ["clone_model"]
 
 _IMMUTABLE = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.memory_format)
+_SHARED = frozenset(_IMMUTABLE)  # by exact type: one set lookup instead of nine isinstance checks
 _EMPTY_ANEW = (dict, list, set, collections.OrderedDict)
 _SKIP = frozenset({"_graphprune_plans"})  # provenance: the rewrite records the new model's own
 
@@ -63,9 +64,11 @@ def _clone(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
     memo[id(module)] = twin
     fields = {}
     for key, value in module.__dict__.items():
-        if key in _SKIP:
+        if type(value) in _SHARED:  # most of a module's fields: flags and sizes
+            fields[key] = value
+        elif key in _SKIP:
             continue
-        if key in ("_parameters", "_buffers"):
+        elif key in ("_parameters", "_buffers"):
             fields[key] = {n: (None if t is None else _tensor(t, memo)) for n, t in value.items()}
         elif key == "_modules":
             fields[key] = {n: (None if m is None else _clone(m, memo)) for n, m in value.items()}
