@@ -64,7 +64,7 @@ def test_config_describes_the_shrunk_model_or_the_rewrite_says_it_cannot(shrunk,
     if name in DESCRIBED:
         assert not said
         reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
-        assert torch.equal(_out(reloaded, x), _out(small, x))
+        _assert_reloaded(reloaded, small, lambda m: _out(m, x))
         assert _fields(reloaded.config) == _fields(small.config)
     else:
         assert len(said) == 1 and "config cannot describe the shrunk widths" in said[0]
@@ -72,7 +72,8 @@ def test_config_describes_the_shrunk_model_or_the_rewrite_says_it_cannot(shrunk,
         assert _fields(small.config) == _fields(model.config)  # left as it was, not half-updated
         graphprune.save(small, tmp_path / "gp", base="examples.hf_models:model", base_kwargs={"name": name})
         again = graphprune.load(tmp_path / "gp").eval()
-        assert type(again) is type(model) and torch.equal(_out(again, x), _out(small, x))
+        assert type(again) is type(model)
+        _assert_reloaded(again, small, lambda m: _out(m, x))
 
 
 def _fields(config):
@@ -82,6 +83,17 @@ def _fields(config):
 def _saved(model, path):
     model.save_pretrained(path)
     return path
+
+
+def _assert_reloaded(reloaded, small, run):
+    """``reloaded`` is ``small``: the same tensors bit for bit under the same names, and the same outputs up to
+    float rounding. Not bit-equal outputs: safetensors maps a weight at any 8-byte offset, and a weight at
+    another alignment takes another SIMD path through the same kernel (a 5e-10 difference in BERT's logits)."""
+    mine, theirs = small.state_dict(), reloaded.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with torch.no_grad():
+        torch.testing.assert_close(run(reloaded), run(small), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "mistral"])
@@ -132,7 +144,7 @@ def test_hidden_size_plan_is_reported_not_exact_and_the_config_follows(name, rea
     assert getattr(small.config, hidden) == 16 and getattr(model.config, hidden) == 32
     assert small.get_input_embeddings().weight.shape == (64, 16)
     reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
-    assert torch.equal(_out(reloaded, x), _out(small, x))
+    _assert_reloaded(reloaded, small, lambda m: _out(m, x))
 
 
 @pytest.mark.parametrize("kind", ["bert", "vit"])
@@ -157,8 +169,7 @@ def test_classifier_hidden_size_plan_gets_the_head_count_its_forward_reads(kind,
     assert (small.config.hidden_size, small.config.num_attention_heads) == (16, 2)
     assert model.config.hidden_size == 32
     reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
-    with torch.no_grad():
-        assert torch.equal(reloaded(*x).logits, small(*x).logits)
+    _assert_reloaded(reloaded, small, lambda m: m(*x).logits)
 
 
 def _lm_loss(out, ids):
@@ -238,7 +249,7 @@ def test_a_uniform_budget_other_than_a_ratio_gives_a_model_the_stock_config_desc
     assert small.config.intermediate_size < model.config.intermediate_size
     assert graphprune.verify(model, plan, small, x) <= 1e-4
     reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
-    assert torch.equal(_out(reloaded, x), _out(small, x))
+    _assert_reloaded(reloaded, small, lambda m: _out(m, x))
 
 
 def _t5():
@@ -281,5 +292,4 @@ def test_t5_with_its_attention_ignored_prunes_mlp_widths_its_stock_config_descri
     assert small.config.d_ff == 32 and small.config.num_heads == 4 and small.config.d_model == 32
     assert {b.layer[-1].DenseReluDense.wi.out_features for s in (small.encoder, small.decoder) for b in s.block} == {32}
     reloaded = type(small).from_pretrained(_saved(small, tmp_path), local_files_only=True).eval()
-    with torch.no_grad():
-        assert torch.equal(reloaded(**inputs).logits, small(**inputs).logits)
+    _assert_reloaded(reloaded, small, lambda m: m(**inputs).logits)
