@@ -101,12 +101,13 @@ def test_the_verbs_take_few_parameters(verb):
 
 def test_importing_graphprune_leaves_the_heavy_and_optional_libraries_alone():
     """``import graphprune`` (and so ``graphprune --help``) must stay cheap and quiet: torchvision imports
-    torch._dynamo (a second), torch.utils.benchmark warns without CUDA, the rest are optional extras."""
+    torch._dynamo (a second), torch.utils.benchmark warns without CUDA, torch's flop counter imports triton and
+    networkx takes a twelfth of a second (both are imported where they are used), the rest are optional extras."""
     import subprocess
     import sys
 
     heavy = ["torchvision", "torch._dynamo", "torch.utils.benchmark", "matplotlib", "onnx", "onnxruntime", "timm",
-             "transformers", "ultralytics"]
+             "transformers", "ultralytics", "torch.utils.flop_counter", "triton", "networkx"]
     code = ("import sys, graphprune; print(' '.join(m for m in " + repr(heavy) + " if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=PACKAGE.parent)

@@ -17,9 +17,8 @@ import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 import torch
 import torch.fx
@@ -33,6 +32,9 @@ from .context import META_KEY, Role, RuleContext, ShapeEdit, TensorUse
 from .groups import ChannelGroup, form_groups
 from .registry import Registry
 from .scope import Scope, as_scope
+
+if TYPE_CHECKING:  # networkx is imported where the layer graph is built: a twelfth of a second of every CLI start
+    import networkx as nx
 
 __all__ = ["Coupling", "couple"]
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..base.checks import check_inputs, check_model
 from ..base.running import call_model, device_of, eval_mode
@@ -35,6 +34,9 @@ def module_macs(model: nn.Module, inputs: Any) -> tuple[dict[str, int], int]:
     nested; ``""`` is the whole model), and the total."""
     check_model(model)
     check_inputs(inputs)
+    # Imported here: the flop counter imports triton where it is installed, a tenth of a second of every CLI start.
+    from torch.utils.flop_counter import FlopCounterMode
+
     # FlopCounterMode's module tracker hooks the gradients of module inputs that require them, and a parameter
     # passed to a submodule as an input (a class token) has none under no_grad: count with none required.
     requiring = [p for p in model.parameters() if p.requires_grad]
