@@ -1,4 +1,4 @@
-"""The bottom of the stack: errors, argument checks and running a model on its inputs.
+"""The bottom of the stack: errors, argument checks, running a model on its inputs, pausing the collector.
 
 Every other layer may import from here; nothing here imports another part of graphprune.
 """
