@@ -8,7 +8,7 @@ from torch import nn
 import graphprune
 from graphprune import InputError, PlanError
 from graphprune.planning.importance import (
-    FPGM, Activation, BNScale, Magnitude, Random, Taylor, bind_importance, resolve_importance,
+    FPGM, Activation, BNScale, Magnitude, Random, Taylor, bind_importance, resolve_importance, slice_norms,
 )
 
 from ..helpers import fingerprint
@@ -160,3 +160,18 @@ def test_bad_importance_options_are_refused():
         resolve_importance("taylor")
     with pytest.raises(InputError, match="calibration"):
         Taylor(None, None)
+
+
+@pytest.mark.parametrize("shape, dim", [((5,), 0), ((7, 3), 0), ((7, 3), 1), ((6, 4, 3, 3), 0), ((6, 4, 3, 3), 1),
+                                        ((2, 5, 4, 3), 2), ((40, 30, 1, 1), 1), ((3, 1), 1)])
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_slice_norms_agree_with_float64_on_every_path(shape, dim, p):
+    """The numpy path (float32/float64 on the CPU), torch's whole-tensor path (another dtype) and its chunked
+    path (more entries than ``chunk``) give each slice's Lp norm, to float32 rounding."""
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    for weight, chunk in [(t, 1 << 22), (t.double(), 1 << 22), (t.half(), 1 << 22), (t.half(), 16),
+                          (t.requires_grad_(), 1 << 22)]:
+        exact = weight.detach().double().abs().pow(p).movedim(dim, 0).reshape(shape[dim], -1).sum(1).pow(1 / p)
+        got = slice_norms(weight, dim, p, chunk=chunk)
+        assert got.dtype == np.float64 and got.shape == (shape[dim],)
+        np.testing.assert_allclose(got, exact.numpy(), rtol=2e-6)
