@@ -35,8 +35,9 @@ def collector_paused() -> Iterator[None]:
 
     Only the outermost of nested uses pauses and resumes, and a collector the user disabled stays disabled.
     Reference counting still frees every object outside a cycle at once, tensors among them, so memory
-    holds only the verb's cyclic garbage until it returns. Use it around work that ends: not around a loop
-    that realises and times one candidate model after another.
+    holds only the verb's cyclic garbage until it returns. The collector is the process's: another thread's
+    cycles wait for the verb too. Use it around work that ends: not around a loop that realises and times one
+    candidate model after another.
     """
     paused = gc.isenabled()
     if paused:
