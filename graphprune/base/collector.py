@@ -3,8 +3,8 @@
 A trace, a dependency graph and a rewrite make tens of thousands of small objects (FX nodes, their
 metadata, rule records) that stay alive until the verb returns. Python counts each allocation, and its
 collector walks the young objects again and again, promotes them, and every few verbs walks the whole
-heap (torch and its imports: some 370,000 objects, 20 to 50 ms a time), finding them all still alive. A
-quarter of a MobileNet's shrink went there. With the collector paused, what the verb leaves behind is
+heap (torch and its imports: some 370,000 objects, a quarter of a second a time), finding them all still
+alive. A quarter of a MobileNet's shrink went there. With the collector paused, what the verb leaves behind is
 collected once, young, when it returns.
 
 >>> import gc

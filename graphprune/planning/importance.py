@@ -129,11 +129,11 @@ def _per_channel(member: GroupMember, per_position: np.ndarray, size: int, combi
 def slice_norms(tensor: torch.Tensor, dim: int, p: int = 2, *, chunk: int = 1 << 22) -> np.ndarray:
     """The Lp norm of each slice of ``tensor`` along ``dim`` (over every other dim), in float64.
 
-    The tensor is viewed as (before, dim, after). The powers of its entries are summed over ``before``
-    (adding whole rows, which vectorises), then over ``after``. A norm straight over the leading dims (a
-    classifier's input columns) is ten times slower. A float32 or float64 CPU tensor is reduced in numpy;
-    elsewhere, one of more than ``chunk`` entries is taken a chunk of rows at a time, so that its powers,
-    or a float32 copy of it, never need its whole size (numpy's sums of squares need no copy at all).
+    The tensor is viewed as (before, dim, after). A float32 or float64 CPU tensor is reduced in numpy
+    (:func:`_norms_in_numpy`). Otherwise it is reduced over ``after`` first, the contiguous dims, then over
+    ``before`` by a matrix product, a chunk of at most ``chunk`` entries at a time: a norm straight over the
+    leading dims (a classifier's input columns) is twenty times slower, and converting the whole tensor to
+    float32 at once would copy a large weight.
 
     >>> w = torch.tensor([[3.0, 1.0], [4.0, 0.0]])
     >>> slice_norms(w, 0).round(4).tolist(), slice_norms(w, 1).tolist(), slice_norms(w, 1, p=1).tolist()
@@ -149,10 +149,6 @@ def slice_norms(tensor: torch.Tensor, dim: int, p: int = 2, *, chunk: int = 1 <<
     t3 = t.reshape(before, n, after)
     if before == 1:  # a producer's rows: one contiguous reduction
         return torch.linalg.vector_norm(t3[0].float(), ord=p, dim=1).double().cpu().numpy()
-    if t3.numel() <= chunk:  # whole: the powers of the entries, summed over the leading dims, then the trailing
-        powered = _powered(t3.reshape(before, n * after).float(), p).sum(dim=0)  # 2-d: the fast kernel
-        powered = powered.reshape(n, after).sum(dim=1) if after > 1 else powered
-        return powered.cpu().numpy().astype(np.float64) ** (1.0 / p)  # n values: numpy's calls cost less
     rows = max(1, chunk // max(n * after, 1))
     total = torch.zeros(n, dtype=torch.float64, device=t.device)
     for start in range(0, before, rows):
@@ -178,10 +174,6 @@ def _norms_in_numpy(a: np.ndarray, p: int) -> np.ndarray:
     if before > 1 and after > 1:
         sums = sums.reshape(n, after).sum(axis=1)
     return sums.astype(np.float64) ** (1.0 / p)
-
-
-def _powered(t: torch.Tensor, p: int) -> torch.Tensor:
-    return t * t if p == 2 else t.abs() if p == 1 else t.abs().pow(p)
 
 
 def _slices(tensor: torch.Tensor, dim: int) -> torch.Tensor:

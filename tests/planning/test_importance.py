@@ -166,8 +166,8 @@ def test_bad_importance_options_are_refused():
                                         ((2, 5, 4, 3), 2), ((40, 30, 1, 1), 1), ((3, 1), 1)])
 @pytest.mark.parametrize("p", [1, 2, 3])
 def test_slice_norms_agree_with_float64_on_every_path(shape, dim, p):
-    """The numpy path (float32/float64 on the CPU), torch's whole-tensor path (another dtype) and its chunked
-    path (more entries than ``chunk``) give each slice's Lp norm, to float32 rounding."""
+    """The numpy path (float32/float64 on the CPU) and torch's path (another dtype), in one chunk or in several
+    (more entries than ``chunk``), give each slice's Lp norm, to float32 rounding."""
     t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     for weight, chunk in [(t, 1 << 22), (t.double(), 1 << 22), (t.half(), 1 << 22), (t.half(), 16),
                           (t.requires_grad_(), 1 << 22)]:
