@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["call_model", "eval_mode", "attributes_kept", "device_of", "dtype_of", "named_tensors"]
+__all__ = ["call_model", "eval_mode", "attributes_kept", "device_of", "dtype_of", "named_tensors", "tensors_of"]
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -105,7 +105,11 @@ def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     >>> list(named_tensors(net))[:3], len(named_tensors(net))
     (['0.weight', '0.bias', '1.weight'], 10)
     """
-    modules = list(model.named_modules(remove_duplicate=False))
+    return tensors_of(list(model.named_modules(remove_duplicate=False)))
+
+
+def tensors_of(modules: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
+    """:func:`named_tensors` of a tree whose ``named_modules(remove_duplicate=False)`` the caller has walked."""
     named: dict[str, torch.Tensor] = {}
     for table in ("_parameters", "_buffers"):
         for prefix, module in modules:

@@ -27,10 +27,10 @@ import torch.fx
 from torch import nn
 
 from ..base.errors import UnsupportedOpError
-from ..base.running import named_tensors
+from ..base.running import tensors_of
 from .channels import Block, ChannelMap, LayoutError
 
-__all__ = ["META_KEY", "Role", "TensorUse", "ShapeEdit", "RuleContext"]
+__all__ = ["META_KEY", "Role", "TensorUse", "ShapeEdit", "RuleContext", "concat_atoms"]
 
 META_KEY = "graphprune"
 
@@ -60,6 +60,21 @@ class TensorUse:
     node: str
 
 
+def concat_atoms(uses: Sequence[TensorUse]) -> tuple[np.ndarray, np.ndarray]:
+    """The uses' atoms end to end, and the bounds of each use's run in it (``len(uses) + 1`` offsets): what a
+    pass over every use needs to be a few numpy calls instead of several per use.
+
+    >>> atoms, bounds = concat_atoms([TensorUse("a", 0, np.arange(2), Role.BIAS, "n"),
+    ...                               TensorUse("b", 0, np.arange(5, 8), Role.BIAS, "n")])
+    >>> atoms.tolist(), bounds.tolist()
+    ([0, 1, 5, 6, 7], [0, 2, 5])
+    """
+    bounds = np.zeros(len(uses) + 1, dtype=np.int64)
+    np.cumsum([len(use.atoms) for use in uses], out=bounds[1:])
+    atoms = np.concatenate([use.atoms for use in uses]) if uses else np.zeros(0, dtype=np.int64)
+    return atoms, bounds
+
+
 @dataclass(frozen=True, eq=False)
 class ShapeEdit:
     """An integer constant in the graph (a ``view`` size) that counts kept channels along ``axis`` of ``block``."""
@@ -81,11 +96,11 @@ class _Space:
 class _TensorIndex:
     """Canonical names of parameters and buffers, so tied tensors are sliced once."""
 
-    def __init__(self, root: nn.Module):
+    def __init__(self, modules: list[tuple[str, nn.Module]]):
         self.name_of: dict[int, str] = {}
         self.aliases: dict[str, list[str]] = defaultdict(list)
         self.tensors: dict[str, torch.Tensor] = {}
-        for name, tensor in named_tensors(root).items():
+        for name, tensor in tensors_of(modules).items():
             canonical = self.name_of.setdefault(id(tensor), name)
             self.aliases[canonical].append(name)
             self.tensors.setdefault(canonical, tensor)
@@ -98,8 +113,9 @@ class RuleContext:
         self.gm = gm
         self.node: torch.fx.Node | None = None
         self._ignored = tuple(ignored)
-        self._index = _TensorIndex(gm)
-        self._modules = dict(gm.named_modules(remove_duplicate=False))
+        modules = list(gm.named_modules(remove_duplicate=False))
+        self._index = _TensorIndex(modules)
+        self._modules = dict(modules)
         self.spaces: list[_Space] = []
         self.n_atoms = 0
         self.joins: list[tuple[np.ndarray, np.ndarray]] = []
@@ -198,7 +214,7 @@ class RuleContext:
         atoms = np.asarray(atoms, dtype=np.int64)
         if atoms.shape != (tensor.shape[dim],):
             raise LayoutError(f"{name} has {tensor.shape[dim]} entries along dim {dim}, the rule gave {atoms.shape}")
-        if any(self._is_ignored(alias) for alias in self._index.aliases[name]):
+        if self._ignored and any(self._is_ignored(alias) for alias in self._index.aliases[name]):
             self.pin(atoms, f"{name} belongs to an ignored module")
         key = (name, dim)
         if key in self.uses:  # shared weights: a second call must index the same channels

@@ -28,7 +28,7 @@ from ..base.errors import UnsupportedOpError
 from ..capture import Captured
 from ..capture.graph import nodes_by_name
 from .channels import Block, ChannelMap, LayoutError
-from .context import META_KEY, Role, RuleContext, ShapeEdit, TensorUse
+from .context import META_KEY, Role, RuleContext, ShapeEdit, TensorUse, concat_atoms
 from .groups import ChannelGroup, form_groups
 from .registry import Registry
 from .scope import Scope, as_scope
@@ -78,6 +78,14 @@ class Coupling:
     @property
     def n_channels(self) -> int:
         return int(self.channel_of_atom.max()) + 1 if len(self.channel_of_atom) else 0
+
+    @functools.cached_property
+    def use_atoms(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every use's atoms end to end, and the bounds of each use's run (:func:`.context.concat_atoms`)."""
+        atoms, bounds = concat_atoms(self.uses)
+        atoms.setflags(write=False)
+        bounds.setflags(write=False)
+        return atoms, bounds
 
     @functools.cached_property
     def nodes(self) -> Mapping[str, torch.fx.Node]:
@@ -164,9 +172,8 @@ def couple(captured: Captured, scope: Scope | None = None) -> Coupling:
     ctx.node = None
     channel_of_atom, groups, graph = form_groups(ctx)
     # A coupling is a fact about the model: planners read it, never edit it (an edited array would silently
-    # change every plan made from it).
-    for array in (channel_of_atom, *(u.atoms for u in ctx.uses.values()),
-                  *(a for g in groups for m in g.members for a in (m.positions, m.channels))):
+    # change every plan made from it). form_groups makes its members' arrays read-only.
+    for array in (channel_of_atom, *(u.atoms for u in ctx.uses.values())):
         array.setflags(write=False)
     used = {use.tensor for use in ctx.uses.values()}
     return Coupling(

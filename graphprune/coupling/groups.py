@@ -7,12 +7,13 @@ networkx graph, drawn by ``graphprune inspect --dot``): a group's channels are r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .context import Role, RuleContext, TensorUse
+from .context import Role, RuleContext, TensorUse, concat_atoms
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -22,11 +23,17 @@ __all__ = ["GroupMember", "ChannelGroup", "form_groups", "smallest_in_component"
 
 @dataclass(frozen=True, eq=False)
 class GroupMember:
-    """The part of a tensor use that belongs to one group: ``positions`` along the dim, and their channels."""
+    """The part of a tensor use that belongs to one group: ``positions`` along the dim, and their channels.
+
+    ``whole``: the use's positions are the group's channels, in order (``positions`` and ``channels`` are both
+    ``0..size-1``), as for most layers; scorers then read per-position values as per-channel ones. False is
+    always safe: it only means the general path.
+    """
 
     use: TensorUse
     positions: np.ndarray
     channels: np.ndarray
+    whole: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +55,7 @@ class ChannelGroup:
         for array in (self.channel_ids, self.pinned):
             array.setflags(write=False)  # see couple(): a coupling is read-only
 
-    @property
+    @functools.cached_property
     def prunable(self) -> bool:
         has_producer = any(m.use.role == Role.PRODUCER for m in self.members)
         return has_producer and not bool(self.pinned.all())
@@ -74,7 +81,7 @@ class ChannelGroup:
         seen = set()
         for member in self.members:
             channels = member.channels
-            key = channels.tobytes()  # a layer's weight, bias and norm slice the same channels
+            key = None if member.whole else channels.tobytes()  # a layer's weight, bias and norm slice the same channels
             if key in seen:
                 continue
             seen.add(key)
@@ -202,16 +209,7 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
             if reason not in inexact[g]:
                 inexact[g].append(reason)
 
-    members: list[list[GroupMember]] = [[] for _ in components]
-    for use in ctx.uses.values():
-        channels = channel_of_atom[use.atoms]
-        groups_here = group_of_channel[channels]
-        if len(groups_here) and (groups_here == groups_here[0]).all():  # most uses: one group (np.unique sorts)
-            members[groups_here[0]].append(GroupMember(use, np.arange(len(channels)), local[channels]))
-            continue
-        for g in np.unique(groups_here):
-            positions = np.nonzero(groups_here == g)[0]
-            members[g].append(GroupMember(use, positions, local[channels[positions]]))
+    members = _members(ctx, channel_of_atom, group_of_channel, local, counts, len(components))
 
     groups = []
     for g, spaces in enumerate(components):
@@ -228,3 +226,41 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
             )
         )
     return channel_of_atom, groups, space_graph
+
+
+def _members(ctx: RuleContext, channel_of_atom: np.ndarray, group_of_channel: np.ndarray, local: np.ndarray,
+             counts: np.ndarray, n_groups: int) -> list[list[GroupMember]]:
+    """Each group's members: every tensor use split by the groups its channels belong to.
+
+    The uses' atoms are looked up in one pass over their concatenation (a few numpy calls for the whole graph,
+    not five per use); a use in one group, as most are, gets views of the results.
+    """
+    members: list[list[GroupMember]] = [[] for _ in range(n_groups)]
+    uses = [use for use in ctx.uses.values() if len(use.atoms)]
+    if not uses:
+        return members
+    atoms, bounds = concat_atoms(uses)
+    starts, lengths = bounds[:-1], np.diff(bounds)
+    channels = channel_of_atom[atoms]
+    groups_here, locals_here = group_of_channel[channels], local[channels]
+    positions = np.arange(len(channels)) - np.repeat(starts, lengths)
+    for array in (positions, locals_here):
+        array.setflags(write=False)  # see couple(): a coupling is read-only, and so are the views made below
+    first = groups_here[starts]
+    single = np.minimum.reduceat(groups_here, starts) == np.maximum.reduceat(groups_here, starts)
+    in_order = np.logical_and.reduceat(locals_here == positions, starts)
+    whole = single & in_order & (lengths == counts[first])
+    for use, start, n, g, one, all_in_order in zip(uses, starts.tolist(), lengths.tolist(), first.tolist(),
+                                                   single.tolist(), whole.tolist()):
+        if one:
+            end = start + n
+            members[g].append(GroupMember(use, positions[start:end], locals_here[start:end], all_in_order))
+            continue
+        use_groups, use_channels = groups_here[start:start + n], channels[start:start + n]
+        for g in np.unique(use_groups):
+            where = np.nonzero(use_groups == g)[0]
+            mine = local[use_channels[where]]
+            where.setflags(write=False)
+            mine.setflags(write=False)
+            members[g].append(GroupMember(use, where, mine))
+    return members

@@ -47,11 +47,15 @@ def build_plan(coupling: Coupling, removed: Mapping[int, list[int]], scores: Map
     nodes = _lazy_nodes(coupling)
     kept_atom = ~removed_global[coupling.channel_of_atom] if coupling.n_channels else np.ones(0, dtype=bool)
     edits: dict[str, TensorEdit] = {}
-    for use in coupling.uses:
-        keep = kept_atom[use.atoms]
-        if keep.all():
-            continue
-        if not keep.any():
+    atoms, bounds = coupling.use_atoms
+    keep_all = kept_atom[atoms]
+    kept_before = np.zeros(len(keep_all) + 1, dtype=np.int64)
+    np.cumsum(keep_all, out=kept_before[1:])
+    kept_count = kept_before[bounds[1:]] - kept_before[bounds[:-1]]
+    for i in np.nonzero(kept_count < np.diff(bounds))[0].tolist():  # the uses that lose an entry
+        use = coupling.uses[i]
+        keep = keep_all[bounds[i]:bounds[i + 1]]
+        if not kept_count[i]:
             raise PlanError(f"the plan would remove every entry of {use.tensor} along dim {use.dim}",
                             node=nodes().get(use.node))
         tensor = coupling.tensors[use.tensor]

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Importance", "Criterion", "Magnitude", "BNScale", "FPGM", "Taylor", "Activation", "Random",
-    "l1", "l2", "slice_norms", "resolve_importance", "bind_importance", "IMPORTANCE_NAMES", "REDUCTIONS", "NORMALIZERS",
+    "l1", "l2", "slice_norms", "slice_powers", "resolve_importance", "bind_importance", "IMPORTANCE_NAMES", "REDUCTIONS", "NORMALIZERS",
 ]
 
 Importance = Callable[[ChannelGroup, Mapping[str, torch.Tensor]], np.ndarray]
@@ -96,16 +96,20 @@ class Criterion(abc.ABC):
 
 
 def _reduce(rows: list[tuple[np.ndarray, np.ndarray]], size: int, reduce: str, normalize: str | None) -> np.ndarray:
-    stacked = []
-    for scores, covered in rows:
-        scores = np.where(covered, scores, 0.0)
-        if normalize is not None and covered.any():
-            values = scores[covered]
-            scale = {"mean": values.mean, "max": values.max, "sum": values.sum}[normalize]()
-            scores = scores / scale if scale > 0 else scores
-        stacked.append((scores, covered))
-    scores = np.stack([s for s, _ in stacked])
-    covered = np.stack([c for _, c in stacked])
+    """A channel's score from its members' rows: each row normalised over the channels it covers, then the
+    rows combined, all in one array (a few numpy calls per group, not several per member)."""
+    covered = np.stack([c for _, c in rows])
+    scores = np.where(covered, np.stack([s for s, _ in rows]), 0.0)
+    if normalize is not None:
+        n = covered.sum(axis=1)
+        if normalize == "max":
+            scale = np.where(covered, scores, -np.inf).max(axis=1)
+        else:
+            scale = scores.sum(axis=1)
+            if normalize == "mean":
+                scale = scale / np.maximum(n, 1)
+        scale = np.where((n > 0) & (scale > 0), scale, 1.0)
+        scores = scores / scale[:, None]
     if reduce == "max":
         return np.where(covered, scores, -np.inf).max(axis=0).clip(min=0.0)
     total = scores.sum(axis=0)
@@ -116,6 +120,8 @@ def _reduce(rows: list[tuple[np.ndarray, np.ndarray]], size: int, reduce: str, n
 
 def _per_channel(member: GroupMember, per_position: np.ndarray, size: int, combine: str) -> tuple[np.ndarray, np.ndarray]:
     """Fold per-position values of a member into per-channel values (a channel may span positions)."""
+    if member.whole:  # positions are the channels, in order
+        return per_position, np.ones(size, dtype=bool)
     values = per_position[member.positions]
     counts = np.bincount(member.channels, minlength=size)
     if combine == "sum":
@@ -129,26 +135,35 @@ def _per_channel(member: GroupMember, per_position: np.ndarray, size: int, combi
 def slice_norms(tensor: torch.Tensor, dim: int, p: int = 2, *, chunk: int = 1 << 22) -> np.ndarray:
     """The Lp norm of each slice of ``tensor`` along ``dim`` (over every other dim), in float64.
 
-    The tensor is viewed as (before, dim, after). A float32 or float64 CPU tensor is reduced in numpy
-    (:func:`_norms_in_numpy`). Otherwise it is reduced over ``after`` first, the contiguous dims, then over
-    ``before`` by a matrix product, a chunk of at most ``chunk`` entries at a time: a norm straight over the
-    leading dims (a classifier's input columns) is twenty times slower, and converting the whole tensor to
-    float32 at once would copy a large weight.
-
     >>> w = torch.tensor([[3.0, 1.0], [4.0, 0.0]])
     >>> slice_norms(w, 0).round(4).tolist(), slice_norms(w, 1).tolist(), slice_norms(w, 1, p=1).tolist()
     ([3.1623, 4.0], [5.0, 1.0], [7.0, 1.0])
     """
+    return slice_powers(tensor, dim, p, chunk=chunk) ** (1.0 / p)
+
+
+def slice_powers(tensor: torch.Tensor, dim: int, p: int = 2, *, chunk: int = 1 << 22) -> np.ndarray:
+    """The sum of ``|x| ** p`` over each slice of ``tensor`` along ``dim``, in float64: :func:`slice_norms`
+    before its root, which a criterion summing a channel's slices needs as it is.
+
+    The tensor is viewed as (before, dim, after). A float32 or float64 CPU tensor is reduced in numpy
+    (:func:`_powers_in_numpy`). Otherwise it is reduced over ``after`` first, the contiguous dims, then over
+    ``before`` by a matrix product, a chunk of at most ``chunk`` entries at a time: a norm straight over the
+    leading dims (a classifier's input columns) is twenty times slower, and converting the whole tensor to
+    float32 at once would copy a large weight.
+
+    >>> slice_powers(torch.tensor([[3.0, 1.0], [4.0, 0.0]]), 1).tolist()
+    [25.0, 1.0]
+    """
     t = tensor.detach()
-    if t.ndim == 0:
-        t = t.reshape(1)
-    n = t.shape[dim]
-    before, after = math.prod(t.shape[:dim]), math.prod(t.shape[dim + 1:])
-    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and (p == 2 or t.numel() <= chunk):
-        return _norms_in_numpy(t.numpy().reshape(before, n, after), p)
+    shape = t.shape or (1,)
+    n = shape[dim]
+    before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+    if t.is_cpu and t.dtype in (torch.float32, torch.float64) and (p == 2 or t.numel() <= chunk):
+        return _powers_in_numpy(t.numpy().reshape(before, n, after), p)
     t3 = t.reshape(before, n, after)
     if before == 1:  # a producer's rows: one contiguous reduction
-        return torch.linalg.vector_norm(t3[0].float(), ord=p, dim=1).double().cpu().numpy()
+        return torch.linalg.vector_norm(t3[0].float(), ord=p, dim=1).double().pow(p).cpu().numpy()
     rows = max(1, chunk // max(n * after, 1))
     total = torch.zeros(n, dtype=torch.float64, device=t.device)
     for start in range(0, before, rows):
@@ -158,11 +173,11 @@ def slice_norms(tensor: torch.Tensor, dim: int, p: int = 2, *, chunk: int = 1 <<
         else:  # one pass over the entries, not two
             powered = part[..., 0].square() if p == 2 else part[..., 0].abs().pow(p)
         total += (torch.ones(1, powered.shape[0], device=t.device) @ powered)[0].double()
-    return (total ** (1.0 / p)).cpu().numpy()
+    return total.cpu().numpy()
 
 
-def _norms_in_numpy(a: np.ndarray, p: int) -> np.ndarray:
-    """:func:`slice_norms` of a CPU weight viewed as (before, n, after), in numpy: a call there costs a few
+def _powers_in_numpy(a: np.ndarray, p: int) -> np.ndarray:
+    """:func:`slice_powers` of a CPU weight viewed as (before, n, after), in numpy: a call there costs a few
     microseconds where torch's dispatch costs tens, and its sums of squares need no squared copy."""
     before, n, after = a.shape
     rows = a[0] if before == 1 else a.reshape(before, n * after)
@@ -173,7 +188,7 @@ def _norms_in_numpy(a: np.ndarray, p: int) -> np.ndarray:
         sums = powered.sum(axis=1 if before == 1 else 0)
     if before > 1 and after > 1:
         sums = sums.reshape(n, after).sum(axis=1)
-    return sums.astype(np.float64) ** (1.0 / p)
+    return sums.astype(np.float64)
 
 
 def _slices(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -200,7 +215,7 @@ class Magnitude(Criterion):
         for member in group.members:
             if member.use.role not in Role.WEIGHTS:
                 continue
-            powered = slice_norms(tensors[member.use.tensor], member.use.dim, self.p) ** self.p
+            powered = slice_powers(tensors[member.use.tensor], member.use.dim, self.p)
             summed, covered = _per_channel(member, powered, group.size, "sum")
             rows.append((summed ** (1.0 / self.p), covered))
         return rows

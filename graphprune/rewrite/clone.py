@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import weakref
 from typing import Any
 
 import torch
@@ -37,37 +38,55 @@ _EMPTY_ANEW = (dict, list, set, collections.OrderedDict)
 _SKIP = frozenset({"_graphprune_plans"})  # provenance: the rewrite records the new model's own
 
 
-def _plain(module: nn.Module) -> bool:
-    """Whether ``module``'s class copies itself as ``nn.Module`` does. torch.nn's own ``__setstate__`` overrides
-    (``_ConvNd``, ``MultiheadAttention``) only fill in attributes that pickles of old versions lack."""
-    cls = type(module)
-    setstate = next(c for c in cls.__mro__ if "__setstate__" in c.__dict__)
-    return (getattr(cls, "__deepcopy__", None) is None and cls.__reduce_ex__ is object.__reduce_ex__
-            and cls.__reduce__ is object.__reduce__ and cls.__getstate__ is nn.Module.__getstate__
-            and setstate.__module__.startswith("torch.nn."))
+_PLAIN: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()  # by class: a model has few
+
+
+def _plain(cls: type) -> bool:
+    """Whether modules of class ``cls`` copy themselves as ``nn.Module`` does. torch.nn's own ``__setstate__``
+    overrides (``_ConvNd``, ``MultiheadAttention``) only fill in attributes that pickles of old versions lack."""
+    plain = _PLAIN.get(cls)
+    if plain is None:
+        setstate = next(c for c in cls.__mro__ if "__setstate__" in c.__dict__)
+        plain = _PLAIN[cls] = (getattr(cls, "__deepcopy__", None) is None and cls.__reduce_ex__ is object.__reduce_ex__
+                               and cls.__reduce__ is object.__reduce__ and cls.__getstate__ is nn.Module.__getstate__
+                               and setstate.__module__.startswith("torch.nn."))
+    return plain
+
+
+class _NotPlain(Exception):
+    """A module of the tree copies itself its own way: the whole tree goes to ``copy.deepcopy``."""
 
 
 def clone_model(model: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
     """A deep copy of ``model``; ``memo`` maps ``id`` of an original object to what stands for it in the copy
     (as ``copy.deepcopy``'s memo: the rewrite seeds it with the sliced tensors)."""
     memo = {} if memo is None else memo
-    if not all(_plain(m) for m in model.modules()):
+    work = dict(memo)  # a copy abandoned half-way must leave no twins behind for deepcopy to reuse
+    try:
+        twin = _clone(model, work)
+    except _NotPlain:
         return copy.deepcopy(model, memo)
-    return _clone(model, memo)
+    memo.update(work)
+    return twin
 
 
 def _clone(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
     done = memo.get(id(module))
     if done is not None:
         return done
+    if not _plain(type(module)):
+        raise _NotPlain
     twin = object.__new__(type(module))
     memo[id(module)] = twin
     fields = {}
     for key, value in module.__dict__.items():
-        if type(value) in _SHARED:  # most of a module's fields: flags and sizes
+        kind = type(value)
+        if kind in _SHARED:  # most of a module's fields: flags and sizes
             fields[key] = value
         elif key in _SKIP:
             continue
+        elif kind in _EMPTY_ANEW and not value:  # the eight hook tables: empty, and each copy needs its own
+            fields[key] = kind()
         elif key in ("_parameters", "_buffers"):
             fields[key] = {n: (None if t is None else _tensor(t, memo)) for n, t in value.items()}
         elif key == "_modules":
@@ -93,8 +112,14 @@ def _tensor(t: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:
 def _value(value: Any, memo: dict[int, Any]) -> Any:
     if isinstance(value, _IMMUTABLE):
         return value
-    if type(value) is tuple and all(isinstance(v, _IMMUTABLE) for v in value):
-        return value
-    if type(value) in _EMPTY_ANEW and not value:
-        return type(value)()  # the hook tables: empty, and each copy needs its own
+    if type(value) is tuple and all(type(v) in _SHARED or isinstance(v, _IMMUTABLE) for v in value):
+        return value  # a conv's kernel_size, stride...: what deepcopy returns for a tuple of immutables
+    if type(value) is list and all(type(v) in _SHARED for v in value):
+        # A conv's _reversed_padding_repeated_twice: deepcopy's answer (a new list of the same items, shared
+        # where the original is) at a tenth of its cost.
+        done = memo.get(id(value))
+        if done is None:
+            done = memo[id(value)] = list(value)
+            memo.setdefault(id(memo), []).append(value)  # as deepcopy keeps the original alive while the memo is
+        return done
     return copy.deepcopy(value, memo)

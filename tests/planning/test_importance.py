@@ -7,8 +7,10 @@ from torch import nn
 
 import graphprune
 from graphprune import InputError, PlanError
+from graphprune.coupling import GroupMember, Role, TensorUse
 from graphprune.planning.importance import (
-    FPGM, Activation, BNScale, Magnitude, Random, Taylor, bind_importance, resolve_importance, slice_norms,
+    FPGM, NORMALIZERS, REDUCTIONS, Activation, BNScale, Magnitude, Random, Taylor, _per_channel, _reduce,
+    bind_importance, resolve_importance, slice_norms, slice_powers,
 )
 
 from ..helpers import fingerprint
@@ -167,11 +169,51 @@ def test_bad_importance_options_are_refused():
 @pytest.mark.parametrize("p", [1, 2, 3])
 def test_slice_norms_agree_with_float64_on_every_path(shape, dim, p):
     """The numpy path (float32/float64 on the CPU) and torch's path (another dtype), in one chunk or in several
-    (more entries than ``chunk``), give each slice's Lp norm, to float32 rounding."""
+    (more entries than ``chunk``), give each slice's Lp norm and its sum of powers, to float32 rounding."""
     t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     for weight, chunk in [(t, 1 << 22), (t.double(), 1 << 22), (t.half(), 1 << 22), (t.half(), 16),
                           (t.requires_grad_(), 1 << 22)]:
-        exact = weight.detach().double().abs().pow(p).movedim(dim, 0).reshape(shape[dim], -1).sum(1).pow(1 / p)
-        got = slice_norms(weight, dim, p, chunk=chunk)
-        assert got.dtype == np.float64 and got.shape == (shape[dim],)
-        np.testing.assert_allclose(got, exact.numpy(), rtol=2e-6)
+        powers = weight.detach().double().abs().pow(p).movedim(dim, 0).reshape(shape[dim], -1).sum(1)
+        # A sum of p-th powers carries p times the relative rounding of its root.
+        for got, exact, rtol in [(slice_norms(weight, dim, p, chunk=chunk), powers.pow(1 / p), 2e-6),
+                                 (slice_powers(weight, dim, p, chunk=chunk), powers, 2e-6 * p)]:
+            assert got.dtype == np.float64 and got.shape == (shape[dim],)
+            np.testing.assert_allclose(got, exact.numpy(), rtol=rtol)
+
+
+def _reduce_row_by_row(rows, reduce, normalize):
+    """The definition of a criterion's reduction, one member's row at a time."""
+    scaled = []
+    for scores, covered in rows:
+        scores = np.where(covered, scores, 0.0)
+        if normalize is not None and covered.any():
+            scale = getattr(scores[covered], normalize)()
+            scores = scores / scale if scale > 0 else scores
+        scaled.append(scores)
+    scores, covered = np.stack(scaled), np.stack([c for _, c in rows])
+    if reduce == "max":
+        return np.where(covered, scores, -np.inf).max(axis=0).clip(min=0.0)
+    return scores.sum(axis=0) / (1 if reduce == "sum" else np.maximum(covered.sum(axis=0), 1))
+
+
+@pytest.mark.parametrize("reduce", REDUCTIONS)
+@pytest.mark.parametrize("normalize", NORMALIZERS)
+def test_the_reduction_over_members_follows_its_definition_row_by_row(reduce, normalize):
+    """Members covering part of the group, none of it, or a zero row (no scale to divide by)."""
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        size, n = int(rng.integers(1, 9)), int(rng.integers(1, 6))
+        rows = [(rng.random(size) * rng.choice([0.0, 1.0, 3.0]), rng.random(size) < rng.choice([0.0, 0.5, 1.0]))
+                for _ in range(n)]
+        np.testing.assert_allclose(_reduce(rows, size, reduce, normalize), _reduce_row_by_row(rows, reduce, normalize),
+                                   rtol=1e-12, atol=0)
+
+
+def test_a_whole_member_folds_as_the_general_path_does():
+    use = TensorUse("w", 0, np.arange(4), Role.PRODUCER, "conv")
+    values = np.array([3.0, 1.0, 4.0, 1.5])
+    for combine in ("sum", "max"):
+        general = _per_channel(GroupMember(use, np.arange(4), np.arange(4)), values, 4, combine)
+        whole = _per_channel(GroupMember(use, np.arange(4), np.arange(4), whole=True), values, 4, combine)
+        assert all(np.array_equal(a, b) for a, b in zip(general, whole))
+

@@ -18,6 +18,8 @@ class Odd(nn.Module):
         self.b = self.a
         self.table = torch.arange(6)  # a tensor attribute that is not registered
         self.sizes = [1, 2, [3]]
+        self.flat = [4, 5]
+        self.a.flat = self.flat  # a list of plain values, shared: still one list in the copy
         self.names = {"x": [1]}
         self.a.register_forward_hook(lambda *args: None)
 
@@ -30,6 +32,7 @@ def test_clone_is_a_deep_copy_that_keeps_sharing():
     twin = clone_model(model)
     assert twin.a is twin.b and twin.a is not model.a
     assert torch.equal(twin.table, model.table) and twin.table.data_ptr() != model.table.data_ptr()
+    assert twin.flat == [4, 5] and twin.flat is twin.a.flat and twin.flat is not model.flat
     twin.sizes[2].append(4)
     twin.names["x"].append(2)
     assert model.sizes == [1, 2, [3]] and model.names == {"x": [1]}
