@@ -81,7 +81,8 @@ class ChannelGroup:
         seen = set()
         for member in self.members:
             channels = member.channels
-            key = None if member.whole else channels.tobytes()  # a layer's weight, bias and norm slice the same channels
+            # A layer's weight, bias and norm slice the same channels; whole members all slice every channel.
+            key = None if member.whole else channels.tobytes()
             if key in seen:
                 continue
             seen.add(key)
