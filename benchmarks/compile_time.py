@@ -8,7 +8,8 @@ For each model, in one warm process on one thread, alternating round by round:
 - graphprune's stages one by one, to split its time: trace, shape propagation, couple, plan, apply (slicing,
   copying and rewriting) and check (the rewritten model's forward on meta tensors).
 
-Medians over the rounds; the ratio is graphprune's median over Torch-Pruning's. ``--cold`` also times the
+Medians over the rounds; the ratio is graphprune's median over Torch-Pruning's, and the paired ratio the median
+of each round's ratio of the two (its calls a second apart, which a drift of the machine's speed disturbs least). ``--cold`` also times the
 first call in a fresh process (imports excluded, reported apart), each tool in its own process, and
 ``--memory`` the peak resident memory of ``shrink(vgg16_bn)`` in a fresh process against the dense and
 shrunk models' sizes.
@@ -168,6 +169,9 @@ def warm(names: list[str], repeats: int, with_tp: bool, long_run: float = 30.0) 
                 split.append(phases(model, x))
         row = {"model": name, "graphprune_s": statistics.median(gp),
                "torch_pruning_s": statistics.median(tp) if tp else None, "torch_pruning_runs": len(tp),
+               # Each round's two calls ran a second apart, on the machine as it was then: the median of their
+               # ratios is what a drift of the machine's speed over the run disturbs least.
+               "paired_ratio": statistics.median(g / t for g, t in zip(gp, tp)) if tp else None,
                **{k: statistics.median(s[k] for s in split) for k in PHASES}}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -234,14 +238,15 @@ def startup(rounds: int = 7) -> None:
 def warm_table(rows: list[dict], repeats: int) -> None:
     print(f"graphprune {graphprune.__version__}, torch {torch.__version__.split('+')[0]}, one thread, warm process, "
           f"ratio 0.5, L2 magnitude, medians of {repeats} alternating rounds\n")
-    print("| model | graphprune (s) | Torch-Pruning (s) | ratio | " + " | ".join(PHASES) + " |")
-    print("|---|---:|---:|---:|" + "---:|" * len(PHASES))
+    print("| model | graphprune (s) | Torch-Pruning (s) | ratio | paired ratio | " + " | ".join(PHASES) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(PHASES))
     for r in rows:
         tp = r["torch_pruning_s"]
         ratio = f"{r['graphprune_s'] / tp:.2f}x" if tp else ""
+        paired = f"{r['paired_ratio']:.2f}x" if r.get("paired_ratio") is not None else ""
         runs = "" if r["torch_pruning_runs"] in (0, repeats) else f" ({r['torch_pruning_runs']} run)"
         print(f"| {r['model']} | {r['graphprune_s']:.3f} | {'' if tp is None else f'{tp:.3f}'}{runs} | {ratio} | "
-              + " | ".join(f"{r[k]:.3f}" for k in PHASES) + " |")
+              f"{paired} | " + " | ".join(f"{r[k]:.3f}" for k in PHASES) + " |")
 
 
 def main() -> None:

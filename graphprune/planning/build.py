@@ -52,6 +52,7 @@ def build_plan(coupling: Coupling, removed: Mapping[int, list[int]], scores: Map
     kept_before = np.zeros(len(keep_all) + 1, dtype=np.int64)
     np.cumsum(keep_all, out=kept_before[1:])
     kept_count = kept_before[bounds[1:]] - kept_before[bounds[:-1]]
+    kept_lists: dict[bytes, list[int]] = {}  # a layer's weight, bias, norm and the next layer's inputs keep alike
     for i in np.nonzero(kept_count < np.diff(bounds))[0].tolist():  # the uses that lose an entry
         use = coupling.uses[i]
         keep = keep_all[bounds[i]:bounds[i + 1]]
@@ -61,7 +62,11 @@ def build_plan(coupling: Coupling, removed: Mapping[int, list[int]], scores: Map
         tensor = coupling.tensors[use.tensor]
         edit = edits.setdefault(use.tensor, TensorEdit(use.tensor, list(tensor.shape), {}, {},
                                                        list(coupling.aliases[use.tensor])))
-        edit.keep[use.dim] = np.nonzero(keep)[0].tolist()
+        key = keep.tobytes()
+        kept = kept_lists.get(key)
+        if kept is None:
+            kept = kept_lists[key] = np.nonzero(keep)[0].tolist()
+        edit.keep[use.dim] = list(kept)  # each edit its own list: editing one must not edit another
         edit.roles[use.dim] = use.role
 
     graph_edits = []

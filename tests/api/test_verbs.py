@@ -218,3 +218,12 @@ def test_the_verbs_pause_the_collector_only_while_they_run_and_leave_a_disabled_
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_every_kept_list_of_a_plan_is_its_own():
+    """A plan is a record a person may edit: a layer's weight, bias, norm and the next layer's inputs keep the same
+    channels, but editing one tensor's kept list must not edit another's."""
+    plan = graphprune.plan(_resnet(), 0.5, example_inputs=X)
+    lists = [keep for edit in plan.tensors.values() for keep in edit.keep.values()]
+    assert len(lists) > 100 and len({id(keep) for keep in lists}) == len(lists)
+    assert len({tuple(keep) for keep in lists}) < len(lists) / 3  # many are equal, none is shared
