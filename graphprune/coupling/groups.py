@@ -210,7 +210,7 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
             if reason not in inexact[g]:
                 inexact[g].append(reason)
 
-    members = _members(ctx, channel_of_atom, group_of_channel, local, counts, len(components))
+    members = _members(ctx, channel_of_atom, group_of_channel, local, counts)
 
     groups = []
     for g, spaces in enumerate(components):
@@ -230,13 +230,13 @@ def form_groups(ctx: RuleContext) -> tuple[np.ndarray, list[ChannelGroup], nx.Gr
 
 
 def _members(ctx: RuleContext, channel_of_atom: np.ndarray, group_of_channel: np.ndarray, local: np.ndarray,
-             counts: np.ndarray, n_groups: int) -> list[list[GroupMember]]:
+             counts: np.ndarray) -> list[list[GroupMember]]:
     """Each group's members: every tensor use split by the groups its channels belong to.
 
     The uses' atoms are looked up in one pass over their concatenation (a few numpy calls for the whole graph,
     not five per use); a use in one group, as most are, gets views of the results.
     """
-    members: list[list[GroupMember]] = [[] for _ in range(n_groups)]
+    members: list[list[GroupMember]] = [[] for _ in counts]  # counts: each group's channels
     uses = [use for use in ctx.uses.values() if len(use.atoms)]
     if not uses:
         return members

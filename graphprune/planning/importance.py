@@ -92,10 +92,10 @@ class Criterion(abc.ABC):
         rows = self.member_scores(group, tensors)
         if not rows:
             raise PlanError(f"{self.describe()} found nothing to score in the group of {', '.join(group.sources[:3])}")
-        return _reduce(rows, group.size, self.reduce, self.normalize)
+        return _reduce(rows, self.reduce, self.normalize)
 
 
-def _reduce(rows: list[tuple[np.ndarray, np.ndarray]], size: int, reduce: str, normalize: str | None) -> np.ndarray:
+def _reduce(rows: list[tuple[np.ndarray, np.ndarray]], reduce: str, normalize: str | None) -> np.ndarray:
     """A channel's score from its members' rows: each row normalised over the channels it covers, then the
     rows combined, all in one array (a few numpy calls per group, not several per member)."""
     covered = np.stack([c for _, c in rows])
@@ -355,7 +355,7 @@ class _BoundMembers:
         rows = self.criterion.member_scores_from(group, tensors, self.stats)  # type: ignore[attr-defined]
         if not rows:
             raise PlanError(f"{self.criterion.describe()} found nothing to score in the group of {', '.join(group.sources[:3])}")
-        return _reduce(rows, group.size, self.criterion.reduce, self.criterion.normalize)
+        return _reduce(rows, self.criterion.reduce, self.criterion.normalize)
 
 
 @dataclass(frozen=True)

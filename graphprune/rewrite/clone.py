@@ -112,7 +112,7 @@ def _tensor(t: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:
 def _value(value: Any, memo: dict[int, Any]) -> Any:
     if isinstance(value, _IMMUTABLE):
         return value
-    if type(value) is tuple and all(type(v) in _SHARED or isinstance(v, _IMMUTABLE) for v in value):
+    if type(value) is tuple and all(isinstance(v, _IMMUTABLE) for v in value):
         return value  # a conv's kernel_size, stride...: what deepcopy returns for a tuple of immutables
     if type(value) is list and all(type(v) in _SHARED for v in value):
         # A conv's _reversed_padding_repeated_twice: deepcopy's answer (a new list of the same items, shared

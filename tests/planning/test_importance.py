@@ -205,7 +205,7 @@ def test_the_reduction_over_members_follows_its_definition_row_by_row(reduce, no
         size, n = int(rng.integers(1, 9)), int(rng.integers(1, 6))
         rows = [(rng.random(size) * rng.choice([0.0, 1.0, 3.0]), rng.random(size) < rng.choice([0.0, 0.5, 1.0]))
                 for _ in range(n)]
-        np.testing.assert_allclose(_reduce(rows, size, reduce, normalize), _reduce_row_by_row(rows, reduce, normalize),
+        np.testing.assert_allclose(_reduce(rows, reduce, normalize), _reduce_row_by_row(rows, reduce, normalize),
                                    rtol=1e-12, atol=0)
 
 
